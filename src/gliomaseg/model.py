@@ -1,0 +1,66 @@
+"""U-Net: encoder, bottleneck and decoder with skip connections, batch norm and dropout.
+
+Returns logits (apply a sigmoid for probabilities), as segmentation_models_pytorch
+does, so that losses can use the numerically stable BCE-with-logits. The layers
+are the ones ONNX Runtime fuses well (Conv + BN + ReLU), so the exported model
+is fast on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+def conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
+    """Two 3x3 conv -> BN -> ReLU, with dropout between them when dropout > 0."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    layers += [nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+               nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """in (N, in_channels, H, W) -> logits (N, 1, H, W); H and W multiples of 2**depth."""
+
+    def __init__(self, in_channels: int, cfg: ModelConfig):
+        super().__init__()
+        widths = [cfg.base_filters * 2**i for i in range(cfg.depth + 1)]
+        self.encoder = nn.ModuleList()
+        cin = in_channels
+        for w in widths[:-1]:
+            self.encoder.append(conv_block(cin, w, 0.0))  # no dropout where features are raw
+            cin = w
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = conv_block(widths[-2], widths[-1], cfg.dropout)
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for w_low, w in zip(widths[:0:-1], widths[-2::-1], strict=True):
+            self.up.append(nn.ConvTranspose2d(w_low, w, 2, stride=2))
+            self.decoder.append(conv_block(2 * w, w, cfg.dropout))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, block, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def build_model(in_channels: int, cfg: ModelConfig) -> UNet:
+    return UNet(in_channels, cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

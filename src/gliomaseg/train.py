@@ -1,0 +1,320 @@
+"""Train the U-Net: a plain loop you can read top to bottom.
+
+Recipe: foreground-biased crops at native resolution with MONAI augmentations,
+Dice + BCE, Adam with warm-up and cosine decay, bf16 autocast and channels-last on
+CPU, validation PV-DSC on whole slices of held-out patients after every epoch,
+early stopping, `best.pt`/`last.pt` written atomically, resume after a kill.
+The same command runs under `torchrun --nproc_per_node N` with DDP.
+
+Run folder: config.json, run.json (train/val patients), metrics.csv, curves.png,
+train.log, best.pt, last.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from . import metrics
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data import DataError, iter_patients
+from .inference import sigmoid, to_native, torch_logits_fn, volume_logits
+from .losses import build_loss
+from .model import build_model, count_parameters
+from .preprocess import cached_volume, prepare_mask, stack_context
+from .transforms import augment_sample, augmentations, crop_transforms
+from .viz import plot_curves
+
+METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"]
+
+
+@dataclass
+class Case:
+    """A patient held in memory for training or validation."""
+
+    name: str
+    volume: np.ndarray  # (S, C, size, size) float32, normalised, before 2.5D stacking
+    mask: np.ndarray  # (S, size, size) uint8 on the model grid
+    native_mask: np.ndarray  # (S, H, W) uint8 on the native grid, for PV-DSC
+
+
+def load_cases(root: Path, names: list[str], cfg: Config, use_cache: bool = True) -> list[Case]:
+    cases = []
+    for p in iter_patients(root, require_masks=True, cases=names):
+        mask = prepare_mask(p.mask, cfg.data.size)[:, 0].astype(np.uint8)
+        cases.append(Case(p.case, cached_volume(p, cfg.data, use_cache), mask, p.mask))
+    return cases
+
+
+def context_slice(volume: np.ndarray, index: int, k: int) -> np.ndarray:
+    """Slice `index` with its k neighbours on each side: (C * (2k + 1), H, W)."""
+    idx = np.clip(np.arange(index - k, index + k + 1), 0, volume.shape[0] - 1)
+    return np.asarray(volume[idx], dtype=np.float32).reshape(-1, *volume.shape[2:])
+
+
+class CropDataset(Dataset):
+    """Item i of an epoch is one augmented training sample, a pure function of (seed, epoch, i).
+
+    So a run is repeatable, resumable mid-way, and the same with any number of
+    DataLoader workers or DDP ranks (DistributedSampler just deals out indices).
+    """
+
+    def __init__(self, cases: list[Case], cfg: Config):
+        self.cases, self.cfg, self.epoch = cases, cfg, 0
+        self.all_slices = [(c, s) for c in range(len(cases)) for s in range(len(cases[c].mask))]
+        self.tumour_slices = [(c, s) for c, s in self.all_slices if cases[c].mask[s].any()]
+        self.crops = crop_transforms(cfg.train.crop)
+        self.augment = augmentations(cfg.augment)
+
+    def __len__(self) -> int:
+        return self.cfg.train.steps_per_epoch * self.cfg.train.batch_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.train.seed, self.epoch, i])
+        on_tumour = bool(self.tumour_slices) and rng.random() < self.cfg.train.foreground_fraction
+        pool = self.tumour_slices if on_tumour else self.all_slices
+        c, s = pool[rng.integers(len(pool))]
+        case = self.cases[c]
+        sample = {"image": context_slice(case.volume, s, self.cfg.data.context),
+                  "label": case.mask[s][None].astype(np.float32)}
+        out = augment_sample(sample, self.crops, self.augment, on_tumour,
+                             int(rng.integers(2**31)))
+        return torch.from_numpy(out["image"]), torch.from_numpy(out["label"])
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of the base learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, cases: list[Case], cfg: Config, loss_fn) -> dict:
+    """Validation loss on the model grid and mean PV-DSC / IoU over patients on the native grid.
+
+    Plain threshold, no TTA or post-processing: model selection judges the network.
+    """
+    model.eval()
+    run = torch_logits_fn(model, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last)
+    losses, dices, ious = [], [], []
+    for case in cases:
+        x = stack_context(np.asarray(case.volume), cfg.data.context)
+        logits = volume_logits(run, x, batch_size=16)
+        target = torch.from_numpy(case.mask[:, None]).float()
+        losses.append(float(loss_fn(torch.from_numpy(logits)[:, None], target)))
+        probs = sigmoid(logits)
+        pred = to_native(probs, case.native_mask.shape[1:]) >= cfg.post.threshold
+        counts = metrics.confusion(pred, case.native_mask)
+        dices.append(metrics.dice(counts))
+        ious.append(metrics.iou(counts))
+    model.train()
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.nanmean(dices)),
+            "val_iou": float(np.nanmean(ious))}
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device; initialises DDP when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def choose_val_cases(all_cases: list[str], cfg: Config, splits: Path | None, fold: int | None,
+                     val_cases: list[str] | None) -> list[str]:
+    """Validation patients: explicit list, a fold of a splits file, or a seeded site-stratified pick."""
+    from .data import split_folds
+
+    if val_cases:
+        unknown = sorted(set(val_cases) - set(all_cases))
+        if unknown:
+            raise DataError(f"--val-cases: no patient folder {unknown[0]}")
+        return sorted(val_cases)
+    if splits is not None:
+        try:
+            folds = json.loads(Path(splits).read_text())
+            chosen = folds[fold or 0]["val"]
+        except (OSError, json.JSONDecodeError, IndexError, KeyError, TypeError) as exc:
+            raise DataError(f"{splits}: cannot use fold {fold or 0} ({exc})") from None
+        return sorted(chosen)
+    n_folds = max(2, round(1 / cfg.train.val_fraction))
+    return split_folds(all_cases, n_folds, cfg.train.seed)[0]["val"]
+
+
+class Logger:
+    """Print on rank 0 and append the same line to train.log."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        if self.path is None:
+            return
+        tqdm.write(message)
+        with self.path.open("a") as fh:
+            fh.write(message + "\n")
+
+
+def read_metrics(path: Path, upto_epoch: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto_epoch]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_cases: list[str],
+          resume: bool = False, use_cache: bool = True, trial=None) -> dict:
+    """Train and return {"best_dice", "best_epoch", "epochs"}. Only rank 0 writes files.
+
+    `trial` (optional, an Optuna trial) gets each epoch's validation PV-DSC and may prune.
+    """
+    rank, world, device = setup_distributed()
+    run_dir = Path(run_dir)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    state = load_checkpoint(last_path) if resume else None
+    if state is not None:
+        cfg = Config.from_dict(state["config"])  # a resumed run keeps its own config
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        (run_dir / "run.json").write_text(json.dumps(
+            {"data": str(data), "train": train_cases, "val": val_cases, "world_size": world},
+            indent=2))
+    log = Logger(run_dir / "train.log" if rank == 0 else None)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.data.in_channels, cfg.model).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
+                                 weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = max(1, cfg.train.steps_per_epoch // world)
+    total_steps = steps_per_epoch * cfg.train.max_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, steps_per_epoch * cfg.train.warmup_epochs))
+    loss_fn = build_loss(cfg.train)
+
+    start_epoch, best, best_epoch, bad_epochs, elapsed = 1, -1.0, 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"] + 1
+        best, best_epoch = state["best_dice"], state["best_epoch"]
+        bad_epochs, elapsed = state["bad_epochs"], state["elapsed"]
+        log(f"resumed from {last_path} at epoch {start_epoch}")
+    rows = read_metrics(run_dir / "metrics.csv", start_epoch - 1) if rank == 0 else []
+
+    log(f"loading {len(train_cases)} training and {len(val_cases)} validation patients")
+    train_set = CropDataset(load_cases(data, train_cases, cfg, use_cache), cfg)
+    val_set = load_cases(data, val_cases, cfg, use_cache) if rank == 0 else []
+    sampler = DistributedSampler(train_set, shuffle=False) if world > 1 else None
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler,
+                        num_workers=cfg.train.workers, persistent_workers=False)
+    net = DistributedDataParallel(model) if world > 1 else model
+    log(f"U-Net: {count_parameters(model):,} parameters, input {cfg.data.in_channels} channels, "
+        f"{len(train_set.tumour_slices)}/{len(train_set.all_slices)} training slices with tumour, "
+        f"{world} process(es) on {device.type}")
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    for epoch in range(start_epoch, cfg.train.max_epochs + 1):
+        t0 = time.perf_counter()
+        train_set.epoch = epoch
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        running = 0.0
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
+                   disable=rank != 0 or None)
+        for step, (x, y) in enumerate(bar, 1):
+            x, y = x.to(device), y.to(device)
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = loss_fn(net(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+            bar.set_postfix(loss=f"{running / step:.4f}")
+        stop = torch.zeros(1)
+        if rank == 0:
+            val = validate(model, val_set, cfg, loss_fn)
+            elapsed += time.perf_counter() - t0
+            row = {"epoch": epoch, "train_loss": round(running / steps_per_epoch, 5),
+                   **{k: round(v, 5) for k, v in val.items()},
+                   "lr": f"{scheduler.get_last_lr()[0]:.3g}",
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            rows.append(row)
+            write_metrics(run_dir / "metrics.csv", rows)
+            plot_curves(rows, run_dir / "curves.png")
+            improved = val["val_dice"] > best
+            if improved:
+                best, best_epoch, bad_epochs = val["val_dice"], epoch, 0
+            else:
+                bad_epochs += 1
+            ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch,
+                    "best_dice": best, "best_epoch": best_epoch, "val_cases": val_cases}
+            if improved:
+                save_checkpoint(best_path, ckpt)
+            save_checkpoint(last_path, {**ckpt, "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(),
+                                        "torch_rng": torch.get_rng_state(),
+                                        "bad_epochs": bad_epochs, "elapsed": elapsed})
+            log(f"epoch {epoch}: loss {row['train_loss']:.4f}  val loss {val['val_loss']:.4f}  "
+                f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  "
+                f"({row['seconds']} s){'  *best*' if improved else ''}")
+            out_of_time = cfg.train.max_minutes > 0 and elapsed > 60 * cfg.train.max_minutes
+            patience_over = epoch >= cfg.train.min_epochs and bad_epochs >= cfg.train.patience
+            if trial is not None:
+                trial.report(val["val_dice"], epoch)
+                if trial.should_prune():
+                    stop[0] = 2
+            if out_of_time or patience_over:
+                log("stopping: " + ("time budget reached" if out_of_time else
+                                    f"no better validation PV-DSC for {bad_epochs} epochs"))
+                stop[0] = 1
+        if world > 1:
+            dist.broadcast(stop, src=0)
+        if stop[0] > 0:
+            break
+    if world > 1:
+        dist.destroy_process_group()
+    if rank == 0:
+        log(f"best validation PV-DSC {best:.4f} at epoch {best_epoch}; checkpoint {best_path}")
+    return {"best_dice": best, "best_epoch": best_epoch, "pruned": bool(stop[0] == 2)}
