@@ -18,12 +18,13 @@ from gliomaseg.train import train
 torch.set_num_threads(2)
 SHARED_LGG = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg"
 
-# Small settings for tests: 64-pixel model grid, 4-filter U-Net, a few steps.
+# Small settings for tests: 64-pixel model grid, 8-filter U-Net, 30 steps (reaches val
+# PV-DSC ~0.9 on the phantoms in a few seconds on 2 cores).
 TINY = Config().replace(
     data={"size": 64},
-    model={"base_filters": 4, "depth": 3},
-    train={"crop": 32, "batch_size": 8, "steps_per_epoch": 8, "max_epochs": 3,
-           "warmup_epochs": 0, "bf16": False, "lr": 3e-3},
+    model={"base_filters": 8, "depth": 3},
+    train={"crop": 32, "batch_size": 8, "steps_per_epoch": 10, "max_epochs": 3,
+           "warmup_epochs": 0, "bf16": False, "lr": 1e-2},
 )
 
 

@@ -167,10 +167,15 @@ def list_slices(folder: Path) -> tuple[list[int], list[Path], list[Path | None]]
 
 def read_patient(folder: Path, require_masks: bool = False,
                  clinical: dict[str, dict[str, str]] | None = None) -> Patient:
-    """Read one patient folder. Masks are ignored unless every slice has one."""
+    """Read one patient folder. Masks are ignored unless every slice has one.
+
+    `clinical` defaults to the rows of data.csv in the folder's parent, if any.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a patient folder")
+    if clinical is None:
+        clinical = read_clinical(folder.parent)
     numbers, image_paths, mask_paths = list_slices(folder)
     missing = [image_paths[i] for i, m in enumerate(mask_paths) if m is None]
     if missing and require_masks:
@@ -190,7 +195,7 @@ def read_patient(folder: Path, require_masks: bool = False,
     case = folder.name
     return Patient(case=case, image=np.stack(images), mask=mask, slice_numbers=numbers,
                    image_paths=image_paths, site=site_of(case),
-                   clinical=(clinical or {}).get(patient_id(case), {}))
+                   clinical=clinical.get(patient_id(case), {}))
 
 
 def read_clinical(root: Path) -> dict[str, dict[str, str]]:

@@ -7,15 +7,23 @@ Every path that turns an image into a mask (validation during training,
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import FillHoles, KeepLargestConnectedComponent, RemoveSmallObjects
 
-from .config import PostConfig
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .config import Config, PostConfig
+from .data import DataError, Patient, read_image, read_patient
+from .preprocess import prepare_volume
 
 # logits_fn: (N, C, H, W) float32 array -> (N, 1, H, W) float32 logits array
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -28,7 +36,7 @@ def torch_logits_fn(model: torch.nn.Module, bf16: bool = False,
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def run(x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(memory_format=fmt)
+        t = torch.tensor(x).to(memory_format=fmt)  # a copy: x may be a read-only memmap
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
         with torch.inference_mode(), ctx:
             return model(t).float().numpy()
@@ -99,3 +107,163 @@ def segment(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
     probs = to_native(probabilities(logits_fn, x, batch_size=batch_size, tta=post.tta),
                       native_shape)
     return postprocess(probs >= post.threshold, post), probs
+
+
+# --- public model API: load_model -> Segmenter.predict -> Prediction ---------------------------
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ORT_THREADS = 2  # the target machine is an ordinary 2-core CPU
+
+
+@dataclass
+class Prediction:
+    """Result of `Segmenter.predict` for one volume.
+
+    mask: (S, H, W) uint8 {0, 1} on the native grid, post-processed.
+    probabilities: (S, H, W) float32 in [0, 1] on the native grid (before post-processing).
+    seconds: wall time of preprocessing + network + post-processing.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    seconds: float
+
+
+def onnx_logits_fn(path: Path, threads: int = ORT_THREADS) -> LogitsFn:
+    """Wrap an exported .onnx model as a LogitsFn run by ONNX Runtime on `threads` CPU threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for foreign or broken files
+        raise CheckpointError(f"{path}: not a loadable ONNX model "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                              ) from None
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    return run
+
+
+def as_volume(volume: Any) -> np.ndarray:
+    """Any accepted input -> (S, H, W, 3) uint8.
+
+    Accepts a Patient, a patient folder or slice file path, or an array shaped
+    (S, H, W, 3), (S, H, W) (grayscale, taken as FLAIR, as data.read_image does) or
+    (H, W, 3) (one RGB slice). Non-uint8 arrays are scaled to 0-255 by their maximum.
+    """
+    if isinstance(volume, Patient):
+        return volume.image
+    if isinstance(volume, str | Path):
+        path = Path(volume)
+        if path.is_dir():
+            return read_patient(path).image
+        if path.is_file():
+            return read_image(path)[None]
+        raise DataError(f"{path}: no such file or directory")
+    array = np.asarray(volume)
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        top = array.max() if array.size else 0.0
+        array = (array / top * 255.0 if top > 0 else array).clip(0, 255).astype(np.uint8)
+    if array.ndim == 3 and array.shape[-1] == 3:
+        array = array[None]  # one RGB slice; a volume 3 pixels wide is not a real input
+    elif array.ndim == 3:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 4 or array.shape[-1] != 3 or min(array.shape[1:3]) < 8:
+        raise DataError(f"expected an (S, H, W, 3), (S, H, W) or (H, W, 3) image, "
+                        f"got shape {np.shape(volume)}")
+    return np.ascontiguousarray(array)
+
+
+@dataclass
+class Segmenter:
+    """A loaded model: the config it was trained with and a LogitsFn (PyTorch or ONNX Runtime).
+
+    Both backends share `prepare_volume` and `segment`, so they apply exactly the
+    same pre- and post-processing.
+    """
+
+    cfg: Config
+    backend: str
+    logits_fn: LogitsFn
+    source: Path | None = None
+    batch_size: int = 16
+
+    def predict(self, volume: Any, post: PostConfig | None = None) -> Prediction:
+        """volume: (S,H,W,3) / (S,H,W) / (H,W,3) uint8 array, a Patient, or a patient folder path.
+
+        post: post-processing settings; None uses the model's own (cfg.post).
+        """
+        image = as_volume(volume)
+        start = time.perf_counter()
+        x = prepare_volume(image, self.cfg.data)
+        mask, probs = segment(self.logits_fn, x, image.shape[1:3], post or self.cfg.post,
+                              batch_size=self.batch_size)
+        return Prediction(mask=mask, probabilities=probs.astype(np.float32, copy=False),
+                          seconds=time.perf_counter() - start)
+
+
+def bundled_model_path(backend: str = "torch") -> Path:
+    """weights/model.pt (or model.onnx for backend "onnx"); CheckpointError when absent."""
+    path = WEIGHTS_DIR / ("model.onnx" if backend == "onnx" else "model.pt")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no bundled model in this installation; train one with 'gliomaseg train "
+            "DATA -o RUN' and pass --model RUN/best.pt (or load_model('RUN/best.pt'))")
+    return path
+
+
+def onnx_metadata_path(onnx_path: Path) -> Path:
+    """The JSON written beside an exported model: <stem>.json (model.onnx -> model.json)."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def read_onnx_metadata(onnx_path: Path) -> dict:
+    """model.json beside an .onnx file (falls back to a plain model.json in the same folder)."""
+    candidates = [onnx_metadata_path(onnx_path), Path(onnx_path).with_name("model.json")]
+    meta_path = next((p for p in candidates if p.is_file()), None)
+    if meta_path is None:
+        raise CheckpointError(f"{onnx_path}: no {candidates[0].name} beside it "
+                              "(export with 'gliomaseg export' writes both)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        Config.from_dict(meta["config"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: not a gliomaseg model.json ({exc})") from None
+    return meta
+
+
+def load_model(path: str | Path | None = None, backend: str = "torch") -> Segmenter:
+    """Load a model for prediction.
+
+    path None: the bundled model (weights/model.pt, or weights/model.onnx for
+    backend="onnx"). A .pt path is a checkpoint (e.g. a training run's best.pt); a
+    .onnx path needs its model.json beside it (written by `gliomaseg export`).
+    backend "torch" needs a .pt, "onnx" an .onnx file.
+    """
+    if backend not in ("torch", "onnx"):
+        raise CheckpointError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+    path = bundled_model_path(backend) if path is None else Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model file")
+    is_onnx = path.suffix.lower() == ".onnx"
+    if backend == "onnx":
+        if not is_onnx:
+            raise CheckpointError(f"{path}: the onnx backend needs an .onnx model; "
+                                  f"make one with 'gliomaseg export --model {path} -o model.onnx'")
+        cfg = Config.from_dict(read_onnx_metadata(path)["config"])
+        return Segmenter(cfg=cfg, backend="onnx", logits_fn=onnx_logits_fn(path), source=path)
+    if is_onnx:
+        raise CheckpointError(f"{path}: an .onnx model needs --backend onnx")
+    model, cfg = model_from_checkpoint(load_checkpoint(path))
+    # fp32, not bf16, even for models trained with bf16: measured on 3 real validation
+    # patients, bf16 autocast was ~3x faster but changed 250-390 mask pixels per patient
+    # (probabilities by up to 0.02), so torch and ONNX masks would no longer agree. For
+    # speed use the ONNX backend: fp32-identical masks and faster still (bench_inference.py).
+    return Segmenter(cfg=cfg, backend="torch", logits_fn=torch_logits_fn(model), source=path)

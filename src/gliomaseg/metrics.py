@@ -9,11 +9,16 @@ Empty cases: when truth and prediction are both empty, Dice, IoU, precision and
 recall are NaN (undefined) and such cases are excluded from means - never scored 1.
 A prediction on a tumour-free slice or patient is counted as false positives, so
 it scores 0.
+
+Every score accepts `Counts` of plain ints (one patient, one slice) or of equal-shape
+integer arrays (e.g. one entry per slice, from `slice_confusion`), so the per-slice
+path is vectorised without a second definition of any score.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,14 +28,20 @@ from monai.metrics import compute_hausdorff_distance
 
 @dataclass(frozen=True)
 class Counts:
-    tp: int
-    fp: int
-    fn: int
-    tn: int
+    """True/false positive/negative pixel counts: ints, or integer arrays of one shape."""
+
+    tp: int | np.ndarray
+    fp: int | np.ndarray
+    fn: int | np.ndarray
+    tn: int | np.ndarray
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn,
                       self.tn + other.tn)
+
+    def total(self) -> Counts:
+        """Array counts (e.g. per slice) pooled into plain ints."""
+        return Counts(*(int(np.sum(getattr(self, k))) for k in ("tp", "fp", "fn", "tn")))
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
@@ -44,8 +55,27 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
     return Counts(tp, fp, fn, p.size - tp - fp - fn)
 
 
-def _ratio(num: int, den: int) -> float:
-    return num / den if den > 0 else math.nan
+def slice_confusion(pred: np.ndarray, truth: np.ndarray) -> Counts:
+    """Counts per slice of (S, H, W) binary volumes: a Counts of four (S,) int64 arrays.
+
+    The same counts as `confusion` on each slice, in one vectorised pass.
+    """
+    if pred.shape != truth.shape or pred.ndim != 3:
+        raise ValueError(f"expected two (S, H, W) arrays, got {pred.shape} and {truth.shape}")
+    p, t = pred.astype(bool), truth.astype(bool)
+    tp = np.count_nonzero(p & t, axis=(1, 2)).astype(np.int64)
+    fp = np.count_nonzero(p, axis=(1, 2)).astype(np.int64) - tp
+    fn = np.count_nonzero(t, axis=(1, 2)).astype(np.int64) - tp
+    return Counts(tp, fp, fn, p.shape[1] * p.shape[2] - tp - fp - fn)
+
+
+def _ratio(num, den):
+    """num / den, NaN where den == 0; a float for scalars, an array for arrays."""
+    if np.ndim(num) == 0 and np.ndim(den) == 0:
+        return num / den if den > 0 else math.nan
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    out = np.full(np.broadcast_shapes(num.shape, den.shape), np.nan)
+    return np.divide(num, den, out=out, where=den > 0)
 
 
 def dice(c: Counts) -> float:
@@ -59,10 +89,12 @@ def iou(c: Counts) -> float:
 
 
 def precision(c: Counts) -> float:
+    """TP / (TP + FP) (positive predictive value); NaN when nothing is predicted."""
     return _ratio(c.tp, c.tp + c.fp)
 
 
 def recall(c: Counts) -> float:
+    """TP / (TP + FN) (sensitivity); NaN when there is no tumour in the truth."""
     return _ratio(c.tp, c.tp + c.fn)
 
 
@@ -80,8 +112,11 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None 
     if not pred.any() or not truth.any():
         return math.nan
     to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
-    value = compute_hausdorff_distance(to_tensor(pred), to_tensor(truth), include_background=True,
-                                       percentile=95, spacing=spacing)
+    with warnings.catch_warnings():  # MONAI warns about its own internal, deprecated argument
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_hausdorff_distance(to_tensor(pred), to_tensor(truth),
+                                           include_background=True, percentile=95,
+                                           spacing=spacing)
     return float(value.reshape(-1)[0])
 
 
@@ -102,22 +137,38 @@ def slice_counts(pred: np.ndarray, truth: np.ndarray) -> list[Counts]:
     return [confusion(p, t) for p, t in zip(pred, truth, strict=True)]
 
 
-def detection(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """Slice-level detection (tumour present or not) over (S, H, W) volumes or stacks of them."""
-    p = pred.reshape(pred.shape[0], -1).any(1)
-    t = truth.reshape(truth.shape[0], -1).any(1)
+def slice_detection(c: Counts) -> dict:
+    """Slice-level detection from per-slice counts ((S,) arrays).
+
+    A slice is positive when it has any tumour pixel: in the truth when TP + FN > 0, in
+    the prediction when TP + FP > 0. Returns slice counts {"tp", "fp", "fn", "tn"}.
+    """
+    p = (np.asarray(c.tp) + np.asarray(c.fp)) > 0
+    t = (np.asarray(c.tp) + np.asarray(c.fn)) > 0
     return {"tp": int((p & t).sum()), "fp": int((p & ~t).sum()),
             "fn": int((~p & t).sum()), "tn": int((~p & ~t).sum())}
 
 
+def detection(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Slice-level detection (tumour present or not) over (S, H, W) volumes or stacks of them."""
+    return slice_detection(slice_confusion(pred, truth))
+
+
 def detection_scores(d: dict) -> dict:
+    """Sensitivity TP / (TP + FN) and specificity TN / (TN + FP) of slice detection counts."""
     return {"sensitivity": _ratio(d["tp"], d["tp"] + d["fn"]),
             "specificity": _ratio(d["tn"], d["tn"] + d["fp"]), **d}
 
 
 def summarize(values: list[float], rng: np.random.Generator | None = None,
               n_boot: int = 2000) -> dict:
-    """Mean, median, std, count and 95% bootstrap CI of the mean, ignoring NaN (empty cases)."""
+    """Mean, median, std, count and 95% bootstrap CI of the mean, ignoring NaN (empty cases).
+
+    std is the population standard deviation (ddof=0). CI: percentile bootstrap - the
+    mean of `n_boot` resamples (with replacement, same size) of the defined values; the
+    2.5th and 97.5th percentiles of those means. Seeded by `rng` (default seed 0), so a
+    report is reproducible.
+    """
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
     if v.size == 0:
         return {"mean": math.nan, "median": math.nan, "std": math.nan, "n": 0,

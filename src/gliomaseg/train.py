@@ -96,11 +96,16 @@ class CropDataset(Dataset):
         return torch.from_numpy(out["image"]), torch.from_numpy(out["label"])
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 1% of the base learning rate."""
+def lr_factor(step: int, total: int, warmup: int, time_used: float = 0.0) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 1% of the base rate.
+
+    Progress is the larger of the step fraction and `time_used`, the fraction of the
+    wall-clock budget spent, so a run cut short by `train.max_minutes` still anneals
+    (on a CPU the time budget, not the epoch count, is usually what ends a run).
+    """
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_used))
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -159,7 +164,7 @@ def choose_val_cases(all_cases: list[str], cfg: Config, splits: Path | None, fol
         except (OSError, json.JSONDecodeError, IndexError, KeyError, TypeError) as exc:
             raise DataError(f"{splits}: cannot use fold {fold or 0} ({exc})") from None
         return sorted(chosen)
-    n_folds = max(2, round(1 / cfg.train.val_fraction))
+    n_folds = min(max(2, round(1 / cfg.train.val_fraction)), len(all_cases))
     return split_folds(all_cases, n_folds, cfg.train.seed)[0]["val"]
 
 
@@ -223,15 +228,14 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
                                  weight_decay=cfg.train.weight_decay)
     steps_per_epoch = max(1, cfg.train.steps_per_epoch // world)
     total_steps = steps_per_epoch * cfg.train.max_epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, steps_per_epoch * cfg.train.warmup_epochs))
+    warmup_steps = steps_per_epoch * cfg.train.warmup_epochs
+    budget = 60 * cfg.train.max_minutes
     loss_fn = build_loss(cfg.train)
 
     start_epoch, best, best_epoch, bad_epochs, elapsed = 1, -1.0, 0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
         best, best_epoch = state["best_dice"], state["best_epoch"]
@@ -251,6 +255,8 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         f"{world} process(es) on {device.type}")
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    # [stop flag, fraction of the time budget used]: decided on rank 0, shared with all ranks
+    control = torch.tensor([0.0, elapsed / budget if budget else 0.0])
     for epoch in range(start_epoch, cfg.train.max_epochs + 1):
         t0 = time.perf_counter()
         train_set.epoch = epoch
@@ -261,6 +267,10 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
                    disable=rank != 0 or None)
         for step, (x, y) in enumerate(bar, 1):
+            lr = cfg.train.lr * lr_factor((epoch - 1) * steps_per_epoch + step - 1, total_steps,
+                                          warmup_steps, float(control[1]))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             x, y = x.to(device), y.to(device)
             if cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -269,16 +279,14 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
             running += loss.item()
             bar.set_postfix(loss=f"{running / step:.4f}")
-        stop = torch.zeros(1)
         if rank == 0:
             val = validate(model, val_set, cfg, loss_fn)
             elapsed += time.perf_counter() - t0
             row = {"epoch": epoch, "train_loss": round(running / steps_per_epoch, 5),
                    **{k: round(v, 5) for k, v in val.items()},
-                   "lr": f"{scheduler.get_last_lr()[0]:.3g}",
+                   "lr": f"{lr:.3g}",
                    "seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)
             write_metrics(run_dir / "metrics.csv", rows)
@@ -293,28 +301,28 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
             if improved:
                 save_checkpoint(best_path, ckpt)
             save_checkpoint(last_path, {**ckpt, "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(),
                                         "torch_rng": torch.get_rng_state(),
                                         "bad_epochs": bad_epochs, "elapsed": elapsed})
             log(f"epoch {epoch}: loss {row['train_loss']:.4f}  val loss {val['val_loss']:.4f}  "
                 f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  "
                 f"({row['seconds']} s){'  *best*' if improved else ''}")
-            out_of_time = cfg.train.max_minutes > 0 and elapsed > 60 * cfg.train.max_minutes
+            out_of_time = budget > 0 and elapsed > budget
+            control[1] = elapsed / budget if budget else 0.0
             patience_over = epoch >= cfg.train.min_epochs and bad_epochs >= cfg.train.patience
             if trial is not None:
                 trial.report(val["val_dice"], epoch)
                 if trial.should_prune():
-                    stop[0] = 2
+                    control[0] = 2
             if out_of_time or patience_over:
                 log("stopping: " + ("time budget reached" if out_of_time else
                                     f"no better validation PV-DSC for {bad_epochs} epochs"))
-                stop[0] = 1
+                control[0] = 1
         if world > 1:
-            dist.broadcast(stop, src=0)
-        if stop[0] > 0:
+            dist.broadcast(control, src=0)
+        if control[0] > 0:
             break
     if world > 1:
         dist.destroy_process_group()
     if rank == 0:
         log(f"best validation PV-DSC {best:.4f} at epoch {best_epoch}; checkpoint {best_path}")
-    return {"best_dice": best, "best_epoch": best_epoch, "pruned": bool(stop[0] == 2)}
+    return {"best_dice": best, "best_epoch": best_epoch, "pruned": bool(control[0] == 2)}

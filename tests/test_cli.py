@@ -1,0 +1,114 @@
+"""The CLI as a user meets it: help, version, check, split, synth, download, and bad input."""
+
+import json
+import sys
+import types
+
+import pytest
+from conftest import run_cli
+
+from gliomaseg import __version__
+from gliomaseg.cli import build_parser, main
+
+
+def test_version_and_help():
+    r = run_cli("--version")
+    assert r.returncode == 0 and __version__ in r.stdout
+    r = run_cli("--help")
+    assert r.returncode == 0 and "check" in r.stdout and "train" in r.stdout
+
+
+def test_every_verb_has_help_with_examples():
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    assert {"check", "split", "synth", "download", "train"} <= set(verbs)
+    for name, sub in verbs.items():
+        assert "examples:" in sub.format_help(), name
+
+
+def test_check_reports_a_clean_dataset(synth_root, capsys):
+    assert main(["check", str(synth_root)]) == 0
+    out = capsys.readouterr().out
+    assert "patients: 4" in out and "slices: 48" in out and "dataset is usable" in out
+
+
+def test_check_json(synth_root, capsys):
+    assert main(["check", str(synth_root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\ndataset is usable")[0])
+    assert summary["patients"] == 4 and summary["problems"] == []
+
+
+def test_check_lists_every_problem_one_line_each(synth_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(synth_root, tmp_path / "k")
+    cases = sorted(p for p in root.iterdir() if p.is_dir())
+    (cases[0] / f"{cases[0].name}_1.tif").write_bytes(b"not a tiff")
+    (cases[1] / f"{cases[1].name}_2_mask.tif").unlink()
+    r = run_cli("check", root)
+    assert r.returncode == 1
+    problems = [line for line in r.stderr.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 2 and "Traceback" not in r.stderr
+    assert f"{cases[0].name}_1.tif" in r.stderr and "no mask" in r.stderr
+
+
+@pytest.mark.parametrize("target", ["missing", "empty"])
+def test_bad_paths_give_one_line_and_exit_2(tmp_path, target):
+    (tmp_path / "empty").mkdir()
+    r = run_cli("check", tmp_path / target)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_split_writes_nnunet_shape_and_refuses_overwrite(synth_root, tmp_path):
+    out = tmp_path / "splits.json"
+    assert main(["split", str(synth_root), "--folds", "2", "--seed", "0", "-o", str(out)]) == 0
+    folds = json.loads(out.read_text())
+    assert len(folds) == 2 and all(set(f) == {"train", "val"} for f in folds)
+    r = run_cli("split", synth_root, "--folds", "2", "-o", out)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+
+
+def test_split_output_inside_input_is_refused(synth_root):
+    r = run_cli("split", synth_root, "--folds", "2", "-o", synth_root / "splits.json")
+    assert r.returncode == 2 and "inside the input" in r.stderr
+    assert not (synth_root / "splits.json").exists()
+
+
+def test_synth_then_check(tmp_path):
+    r = run_cli("synth", tmp_path / "s", "--cases", "2", "--slices", "5", "--size", "64")
+    assert r.returncode == 0, r.stderr
+    assert main(["check", str(tmp_path / "s" / "kaggle_3m")]) == 0
+
+
+def _fake_kagglehub(tmp_path, fail=None):
+    def dataset_download(handle, output_dir=None):
+        if fail:
+            raise fail
+        from gliomaseg.synth import write_dataset
+
+        assert handle == "mateuszbuda/lgg-mri-segmentation"
+        write_dataset(output_dir, cases=1, slices=3, size=32)
+        return output_dir
+
+    return types.SimpleNamespace(dataset_download=dataset_download)
+
+
+def test_download_with_fake_kagglehub(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kagglehub", _fake_kagglehub(tmp_path))
+    assert main(["download", str(tmp_path / "d")]) == 0
+    assert "kaggle_3m" in capsys.readouterr().out
+
+
+def test_download_without_credentials_says_what_to_do(tmp_path, monkeypatch, capsys):
+    fake = _fake_kagglehub(tmp_path, fail=RuntimeError("401 Unauthorized\nmore"))
+    monkeypatch.setitem(sys.modules, "kagglehub", fake)
+    assert main(["download", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "401 Unauthorized" in err and "kaggle.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_download_without_kagglehub_installed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # import raises ImportError
+    assert main(["download", str(tmp_path / "d")]) == 2
+    assert "pip install" in capsys.readouterr().err

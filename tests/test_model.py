@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from gliomaseg.config import ModelConfig
+from gliomaseg.model import build_model, count_parameters
+
+
+@pytest.mark.parametrize("in_channels,depth", [(3, 4), (1, 3), (9, 2)])
+def test_unet_returns_one_logit_map_of_input_size(in_channels, depth):
+    torch.manual_seed(0)
+    model = build_model(in_channels, ModelConfig(base_filters=4, depth=depth)).eval()
+    out = model(torch.randn(2, in_channels, 64, 64))
+    assert out.shape == (2, 1, 64, 64)
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in model.modules())  # returns logits
+
+
+def test_has_batchnorm_dropout_and_skips():
+    model = build_model(3, ModelConfig(base_filters=4, depth=3, dropout=0.2))
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert {"BatchNorm2d", "Dropout2d", "ConvTranspose2d", "MaxPool2d"} <= kinds
+    # decoder blocks take the up-sampled features concatenated with the skip: 2x the width
+    assert model.decoder[-1][0].in_channels == 2 * 4
+
+
+def test_width_scales_parameters():
+    small = count_parameters(build_model(3, ModelConfig(base_filters=8)))
+    large = count_parameters(build_model(3, ModelConfig(base_filters=16)))
+    assert 3.5 < large / small < 4.5  # convolution weights grow with width squared
+
+
+def test_dropout_off_in_eval_mode_makes_output_deterministic():
+    model = build_model(3, ModelConfig(base_filters=4, depth=2, dropout=0.5)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model(x), model(x))

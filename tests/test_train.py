@@ -1,0 +1,153 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
+from gliomaseg.config import Config
+from gliomaseg.data import list_cases
+from gliomaseg.train import CropDataset, lr_factor, train
+
+
+def read_rows(run):
+    with (run / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_run_learns_well_above_chance(tiny_run):
+    rows = read_rows(tiny_run)
+    best = max(float(r["val_dice"]) for r in rows)
+    # chance level (predicting everything or nothing) is ~0.1 or 0 here
+    assert best > 0.5, rows
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for name in ("best.pt", "last.pt", "config.json", "run.json", "curves.png", "train.log"):
+        assert (tiny_run / name).is_file(), name
+
+
+def test_checkpoint_holds_model_config_and_training_state(tiny_run):
+    state = load_checkpoint(tiny_run / "last.pt")
+    for key in ("model", "config", "optimizer", "epoch", "torch_rng", "best_dice", "elapsed"):
+        assert key in state
+    model, cfg = model_from_checkpoint(load_checkpoint(tiny_run / "best.pt"))
+    assert cfg == Config.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_validation_patients_never_enter_training(tiny_run):
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert run["val"] and not set(run["train"]) & set(run["val"])
+
+
+def test_samples_are_a_pure_function_of_seed_epoch_index(synth_root):
+    from gliomaseg.train import load_cases
+
+    cases = load_cases(synth_root, list_cases(synth_root)[:2], TINY, use_cache=False)
+    a, b = CropDataset(cases, TINY), CropDataset(cases, TINY)
+    for i in (0, 5):
+        torch.testing.assert_close(a[i][0], b[i][0])
+    a.epoch = 1
+    assert not torch.equal(a[0][0], b[0][0])
+    x, y = a[3]
+    assert x.shape == (3, 32, 32) and y.shape == (1, 32, 32)
+    assert set(np.unique(y.numpy())) <= {0.0, 1.0}  # nearest interpolation keeps labels binary
+
+
+def test_foreground_fraction_biases_crops_to_tumour(synth_root):
+    from gliomaseg.train import load_cases
+
+    cases = load_cases(synth_root, list_cases(synth_root)[:2], TINY, use_cache=False)
+    def share(f):
+        ds = CropDataset(cases, TINY.replace(train={"foreground_fraction": f}))
+        return np.mean([ds[i][1].sum() > 0 for i in range(60)])
+    assert share(1.0) > 0.9 > share(0.0)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10) < 0.05
+    assert lr_factor(20, 100, 10, time_used=1.0) == pytest.approx(0.01)  # time budget spent
+    assert lr_factor(20, 100, 10, time_used=0.5) < lr_factor(20, 100, 10)
+
+
+def test_same_seed_same_run(synth_root, tmp_path):
+    cases = list_cases(synth_root)
+    cfg = TINY.replace(train={"max_epochs": 1, "steps_per_epoch": 3})
+    for name in ("a", "b"):
+        train(synth_root, tmp_path / name, cfg, cases[:3], cases[3:], use_cache=False)
+    sa, sb = (load_checkpoint(tmp_path / n / "last.pt")["model"] for n in "ab")
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key])
+
+
+def test_early_stopping_stops_before_max_epochs(synth_root, tmp_path):
+    cases = list_cases(synth_root)
+    cfg = TINY.replace(train={"max_epochs": 30, "patience": 1, "min_epochs": 1,
+                              "steps_per_epoch": 2, "lr": 1e-7})  # cannot improve
+    result = train(synth_root, tmp_path / "r", cfg, cases[:3], cases[3:], use_cache=False)
+    assert len(read_rows(tmp_path / "r")) < 30 and result["best_epoch"] >= 1
+
+
+def test_cli_refuses_to_overwrite_a_run(synth_root, tiny_run):
+    r = run_cli("train", synth_root, "-o", tiny_run)
+    assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_rejects_unknown_config_key(synth_root, tmp_path):
+    r = run_cli("train", synth_root, "-o", tmp_path / "r", "--set", "train.learning_rate=1")
+    assert r.returncode == 2 and "unknown key" in r.stderr and "Traceback" not in r.stderr
+
+
+def _train_args(synth_root, run, epochs):
+    """CLI arguments for a TINY run of `epochs` epochs (config passed as a file, as users do)."""
+    config = run.parent / f"{run.name}-config.json"
+    config.write_text(json.dumps(TINY.replace(train={"max_epochs": epochs, "patience": 100})
+                                 .to_dict()))
+    return ["train", synth_root, "-o", run, "--no-cache", "--config", config]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_finishes(synth_root, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "gliomaseg.cli", *map(str, _train_args(synth_root, run, 4))]
+    log = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.csv").exists():
+        time.sleep(0.2)  # wait until epoch 1 is written, then kill mid-way through epoch 2
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "metrics.csv").exists(), (tmp_path / "stderr.txt").read_text()[-2000:]
+    killed_at = len(read_rows(run))
+    assert 1 <= killed_at < 4
+    r = run_cli("train", "--resume", run)
+    assert r.returncode == 0, r.stderr
+    rows = read_rows(run)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]  # unbroken log
+    assert "resumed from" in (run / "train.log").read_text()
+    model, _ = model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    assert not list(run.glob(".*.tmp"))  # no half-written checkpoint left behind
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_gloo(synth_root, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "gliomaseg.cli",
+           *map(str, _train_args(synth_root, run, 2))]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert len(read_rows(run)) == 2  # only rank 0 writes: one row per epoch
+    model_from_checkpoint(load_checkpoint(run / "best.pt"))
