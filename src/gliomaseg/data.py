@@ -69,6 +69,7 @@ def patient_id(case: str) -> str:
 def _load(path: Path) -> np.ndarray:
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF": we report our own line
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if max(img.size) > MAX_SIDE:

@@ -29,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from . import metrics
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import Config
 from .data import DataError, iter_patients
 from .inference import sigmoid, to_native, torch_logits_fn, volume_logits
@@ -199,8 +199,12 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_cases: list[str],
-          resume: bool = False, use_cache: bool = True, trial=None) -> dict:
-    """Train and return {"best_dice", "best_epoch", "epochs"}. Only rank 0 writes files.
+          resume: bool = False, use_cache: bool = True, trial=None,
+          init: Path | None = None) -> dict:
+    """Train and return {"best_dice", "best_epoch", "pruned"}. Only rank 0 writes files.
+
+    `init` (a checkpoint) starts from its weights: fine-tuning. Its data and model
+    settings replace those of `cfg`, since the weights only fit that network.
 
     `trial` (optional, an Optuna trial) gets each epoch's validation PV-DSC and may prune.
     """
@@ -210,6 +214,11 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     state = load_checkpoint(last_path) if resume else None
     if state is not None:
         cfg = Config.from_dict(state["config"])  # a resumed run keeps its own config
+    start = load_checkpoint(init) if init is not None and state is None else None
+    if start is not None:
+        saved = Config.from_dict(start["config"])
+        cfg = Config(data=saved.data, model=saved.model, augment=cfg.augment, train=cfg.train,
+                     post=saved.post)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     if rank == 0:
@@ -222,6 +231,9 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.data.in_channels, cfg.model).to(device)
+    if start is not None:
+        model.load_state_dict(model_from_checkpoint(start)[0].state_dict())
+        log(f"starting from the weights of {init}")
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,

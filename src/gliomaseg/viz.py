@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # no display here or in CI
+if "ipykernel" not in sys.modules:  # files only; but keep Jupyter's inline figures working
+    matplotlib.use("Agg")
 import matplotlib.colors  # noqa: E402
 import matplotlib.lines  # noqa: E402
 import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.ndimage import binary_erosion  # noqa: E402
 
@@ -29,6 +32,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     ax_dice.plot(epochs, [d if not math.isnan(d) else None for d in dice], marker="o", ms=3)
     ax_dice.set(xlabel="epoch", ylabel="mean PV-DSC", title="Validation Dice per patient",
                 ylim=(0, 1))
+    for ax in (ax_loss, ax_dice):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp)

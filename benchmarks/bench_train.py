@@ -1,0 +1,129 @@
+"""Training speed of the default recipe against the dataset author's way of training.
+
+    python benchmarks/bench_train.py throughput [--data DIR] [--steps 6]
+    python benchmarks/bench_train.py budget RUN_DIR [RUN_DIR ...]
+
+`throughput`: slices (or crops) per second for one train step including data
+loading, interleaved in the same process so machine noise hits both alike:
+  - reference: the dataset author's recipe as a plain loop - 32-filter U-Net,
+    whole 256x256 slices, batch 16, fp32, NCHW, eager;
+  - default:   this project's recipe - Config() defaults (16 filters, 128 px crops
+    at native resolution, batch 32, bf16 autocast, channels-last), through the
+    real CropDataset and DataLoader.
+`budget`: validation PV-DSC reached by 15, 30 and 60 minutes of training, read
+from a run's metrics.csv (cumulative epoch seconds, validation included).
+Prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from gliomaseg.config import Config, ModelConfig
+from gliomaseg.data import list_cases
+from gliomaseg.losses import build_loss
+from gliomaseg.model import build_model
+from gliomaseg.synth import write_dataset
+from gliomaseg.train import CropDataset, load_cases
+
+DEFAULT_DATA = Path("/work/cache/lgg/kaggle_3m")
+
+
+def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int):
+    """A generator: each next() runs one optimiser step (data loading included)."""
+    dataset = CropDataset(cases, cfg)
+    loader = iter(DataLoader(dataset, batch_size=cfg.train.batch_size,
+                             num_workers=cfg.train.workers))
+    model = build_model(cfg.data.in_channels, model_cfg)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    loss_fn = build_loss(cfg.train)
+    for _ in range(steps):
+        x, y = next(loader)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
+            loss = loss_fn(model(x.contiguous(memory_format=fmt)).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        yield cfg.train.batch_size
+
+
+def throughput(args: argparse.Namespace) -> None:
+    data = args.data
+    if not data.is_dir():
+        data = write_dataset(Path(tempfile.mkdtemp()), cases=4, slices=24)
+    default = Config()
+    reference = default.replace(
+        train={"crop": 0, "batch_size": 16, "bf16": False, "channels_last": False,
+               "foreground_fraction": 0.0, "steps_per_epoch": args.steps + 2},
+        augment={"rotate": 0.0, "scale": 0.0, "intensity": 0.0},
+    )
+    default = default.replace(train={"steps_per_epoch": args.steps + 2})
+    cases = load_cases(data, list_cases(data)[: args.cases], default)
+    recipes = {"reference (32 filters, 256 px, batch 16, fp32 NCHW)":
+               (reference, ModelConfig(base_filters=32, dropout=0.0)),
+               "gliomaseg default (16 filters, 128 px crops, batch 32, bf16, channels-last)":
+               (default, default.model)}
+    runs = {name: loop(cfg, cases, m, args.steps + 1) for name, (cfg, m) in recipes.items()}
+    for gen in runs.values():
+        next(gen)  # warm-up step, untimed
+    totals = {name: [0, 0.0] for name in runs}
+    for _ in range(args.steps):  # interleave so both see the same machine state
+        for name, gen in runs.items():
+            t = time.perf_counter()
+            totals[name][0] += next(gen)
+            totals[name][1] += time.perf_counter() - t
+    ref_rate = None
+    print("| recipe | samples/s | ratio to reference |\n|---|---|---|")
+    for name, (n, seconds) in totals.items():
+        rate = n / seconds
+        ref_rate = ref_rate or rate
+        print(f"| {name} | {rate:.1f} | {rate / ref_rate:.2f}x |")
+    print(f"\n{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
+
+
+def budget(args: argparse.Namespace) -> None:
+    print("| run | PV-DSC by 15 min | by 30 min | by 60 min | best (epoch, minutes) |")
+    print("|---|---|---|---|---|")
+    for run in args.runs:
+        with (run / "metrics.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        minutes, best_at = 0.0, {}
+        best = (-1.0, 0, 0.0)
+        for r in rows:
+            minutes += float(r["seconds"]) / 60
+            dice = float(r["val_dice"])
+            if dice > best[0]:
+                best = (dice, int(r["epoch"]), minutes)
+            for limit in (15, 30, 60):
+                if minutes <= limit:
+                    best_at[limit] = max(best_at.get(limit, -1.0), dice)
+        cells = [f"{best_at[m]:.3f}" if m in best_at else "-" for m in (15, 30, 60)]
+        print(f"| {run.name} | {' | '.join(cells)} | {best[0]:.3f} ({best[1]}, {best[2]:.0f}) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("throughput")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--steps", type=int, default=6)
+    p.set_defaults(func=throughput)
+    p = sub.add_parser("budget")
+    p.add_argument("runs", type=Path, nargs="+")
+    p.set_defaults(func=budget)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Score a model on labelled patients: PV-DSC and friends, post-processing variants, timing.
+
+Per patient: read image and mask -> `prepare_volume` -> network probabilities on the
+native grid, computed once per TTA setting (the plain pass is shared with the flipped
+one) -> for every post-processing variant, `inference.postprocess` + `metrics` counts.
+Only the chosen settings get the full metric set (HD95 is the slow one); the other
+variants get PV-DSC, which is what the variants table compares. Nothing here writes
+files: `report` turns an `Evaluation` into summary.json, per_case.csv and report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import Config, PostConfig
+from .data import DataError, find_patients, iter_patients, list_slices
+from .inference import (
+    LogitsFn,
+    load_model,
+    postprocess,
+    probabilities,
+    sigmoid,
+    to_native,
+    torch_logits_fn,
+    volume_logits,
+)
+from .nifti import find_labels, is_nifti, read_nifti
+from .preprocess import prepare_volume
+
+# "+min size" variant when the model's config sets none: about 1% of a median tumour and
+# a tenth of the smallest one among the 81 development patients (2,059 voxels), so it
+# removes specks without being able to delete a whole real tumour.
+VARIANT_MIN_SIZE = 200  # voxels
+SCORES = ("dice", "iou", "precision", "recall", "pixel_accuracy", "hd95", "abs_volume_diff")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    post: PostConfig
+
+
+@dataclass
+class CaseResult:
+    """One patient scored with the chosen post-processing (plus PV-DSC of every variant)."""
+
+    case: str
+    site: str
+    folder: Path
+    scores: dict  # metrics.case_metrics of the chosen post-processing
+    slices: metrics.Counts  # per-slice counts, (S,) arrays
+    variant_dice: dict[str, float]
+    pred_bits: np.ndarray  # np.packbits of the chosen (S, H, W) mask, for the gallery
+    shape: tuple[int, int, int]
+    seconds: float  # preprocessing + network + post-processing + metrics
+    labels: Path | None = None  # a NIfTI case: its label file (`folder` is then the image file)
+
+    @property
+    def dice(self) -> float:
+        return self.scores["dice"]
+
+    def mask(self) -> np.ndarray:
+        """The chosen prediction (S, H, W) uint8 {0, 1}."""
+        flat = np.unpackbits(self.pred_bits, count=math.prod(self.shape))
+        return flat.reshape(self.shape)
+
+
+@dataclass
+class Evaluation:
+    data: Path
+    cfg: Config
+    post: PostConfig  # the chosen post-processing (per-case results and aggregate)
+    variants: list[Variant]
+    cases: list[CaseResult]
+    seconds: float
+    settings: dict = field(default_factory=dict)  # batch size, precision, threads
+
+
+def standard_variants(post: PostConfig) -> list[Variant]:
+    """plain, +TTA, +largest component, +min size, combined; plus `post` itself if different.
+
+    All share `post`'s threshold, so the table isolates the effect of each option.
+    """
+    plain = PostConfig(threshold=post.threshold)
+    size = post.min_size or VARIANT_MIN_SIZE
+    variants = [
+        Variant("plain", plain),
+        Variant("+TTA", replace(plain, tta=True)),
+        Variant("+largest component", replace(plain, largest_component=True)),
+        Variant(f"+min size {size}", replace(plain, min_size=size)),
+        Variant("combined", replace(plain, tta=True, largest_component=True, min_size=size)),
+    ]
+    if all(v.post != post for v in variants):
+        variants.append(Variant("chosen", post))
+    return variants
+
+
+def native_probabilities(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
+                         tta_settings: set[bool], batch_size: int = 16) -> dict[bool, np.ndarray]:
+    """{tta: probabilities (S, H, W) on the native grid} for each requested TTA setting.
+
+    With both settings the network runs twice (image and its flip), not three times:
+    the plain logits are reused in the TTA average. A test checks that this equals
+    `inference.probabilities(..., tta=True)` exactly.
+    """
+    if len(tta_settings) == 1:
+        tta = next(iter(tta_settings))
+        return {tta: to_native(probabilities(logits_fn, x, batch_size, tta=tta), native_shape)}
+    plain = volume_logits(logits_fn, x, batch_size)
+    flipped = volume_logits(logits_fn, np.ascontiguousarray(x[..., ::-1]), batch_size)[..., ::-1]
+    return {False: to_native(sigmoid(plain), native_shape),
+            True: to_native(sigmoid(0.5 * (plain + flipped)), native_shape)}
+
+
+def score_case(case: str, truth: np.ndarray, probs: dict[bool, np.ndarray], post: PostConfig,
+               variants: list[Variant], site: str = "unknown", folder: Path = Path(),
+               ) -> CaseResult:
+    """Score one patient from its probabilities; truth (S, H, W) {0, 1} on the native grid.
+
+    Each distinct post-processing is run once (variants often coincide with `post`).
+    """
+    masks: dict[PostConfig, np.ndarray] = {}
+
+    def mask_for(p: PostConfig) -> np.ndarray:
+        if p not in masks:
+            with warnings.catch_warnings():  # scikit-image >= 0.26 deprecates what MONAI passes
+                warnings.simplefilter("ignore", FutureWarning)
+                masks[p] = postprocess(probs[p.tta] >= p.threshold, p)
+        return masks[p]
+
+    pred = mask_for(post)
+    variant_dice = {v.name: metrics.dice(metrics.confusion(mask_for(v.post), truth))
+                    for v in variants}
+    return CaseResult(case=case, site=site, folder=folder,
+                      scores=metrics.case_metrics(pred, truth),
+                      slices=metrics.slice_confusion(pred, truth), variant_dice=variant_dice,
+                      pred_bits=np.packbits(pred.astype(bool)), shape=tuple(pred.shape),
+                      seconds=0.0)  # set by `evaluate`, which sees the whole per-patient work
+
+
+def labelled_cases(data: Path, cases: list[str] | None = None) -> list[str]:
+    """Patient names to evaluate; a clear DataError (before any work) if one lacks masks."""
+    folders = {f.name: f for f in find_patients(data)}
+    names = list(cases) if cases else list(folders)
+    for name in names:
+        if name not in folders:
+            raise DataError(f"{data}: no patient folder {name}")
+        _, images, masks = list_slices(folders[name])
+        missing = [img for img, m in zip(images, masks, strict=True) if m is None]
+        if missing:
+            raise DataError(f"{missing[0]}: no mask ({missing[0].stem}_mask.tif); evaluate needs "
+                            f"a ground-truth mask for every slice ({len(missing)} of "
+                            f"{len(images)} missing in {name})")
+    return names
+
+
+def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | None = None,
+             cases: list[str] | None = None, variants: bool = True, batch_size: int = 16,
+             progress: bool = False, settings: dict | None = None,
+             labels: Path | None = None) -> Evaluation:
+    """Run the model over the labelled patients under `data` and score them.
+
+    data: a kaggle_3m root or patient folder, or a NIfTI image (.nii/.nii.gz) whose labels
+    are `labels` or a file beside it (`nifti.find_labels`); any label > 0 is tumour.
+    post: the chosen post-processing (default: the model's cfg.post). With `variants`,
+    the standard variants table is computed too, at the cost of a second (flipped)
+    network pass when `post` has no TTA.
+    """
+    post = post or cfg.post
+    nifti_input = is_nifti(data)
+    if labels is not None and not nifti_input:
+        raise DataError(f"{data}: --labels is for a NIfTI image; patient folders hold their "
+                        "masks as <case>_<n>_mask.tif")
+    if nifti_input:
+        if cases:
+            raise DataError(f"{data}: --cases selects patient folders; a NIfTI file is one case")
+        labels = Path(labels) if labels is not None else find_labels(Path(data))
+        patients = [read_nifti(data, labels=labels).patient]  # read now: fails before any work
+        names = [p.case for p in patients]
+    else:
+        names = labelled_cases(data, cases)
+        patients = iter_patients(data, require_masks=True, cases=names)
+    variant_list = standard_variants(post) if variants else []
+    tta_settings = {post.tta} | {v.post.tta for v in variant_list}
+    results, start = [], time.perf_counter()
+    for patient in tqdm(patients, total=len(names), desc="evaluate", unit="patient",
+                        disable=None if progress else True, leave=False):  # None: TTY only
+        t0 = time.perf_counter()
+        x = prepare_volume(patient.image, cfg.data)
+        probs = native_probabilities(logits_fn, x, patient.mask.shape[1:], tta_settings,
+                                     batch_size)
+        result = score_case(patient.case, patient.mask, probs, post, variant_list,
+                            site=patient.site, folder=Path(data) if nifti_input
+                            else patient.image_paths[0].parent)
+        result.labels = labels if nifti_input else None
+        result.seconds = time.perf_counter() - t0
+        results.append(result)
+    settings = {"batch_size": batch_size, "threads": torch.get_num_threads(),
+                "network_passes_per_slice": 2 if True in tta_settings else 1,
+                **(settings or {})}
+    return Evaluation(data=Path(data), cfg=cfg, post=post, variants=variant_list, cases=results,
+                      seconds=time.perf_counter() - start, settings=settings)
+
+
+# --- aggregation (pure) ------------------------------------------------------------------------
+
+def aggregate(results: list[CaseResult], seed: int = 0) -> dict:
+    """Per-patient scores summarised: <score>_mean/_median/_std/_n/_ci95 for each score.
+
+    Plus pixel_accuracy and dice_global pooled over every pixel of every patient, and
+    the patients excluded from the means because truth and prediction were both empty.
+    Each score gets its own seeded generator, so its CI does not depend on the others.
+    """
+    out: dict = {"cases": len(results)}
+    for name in SCORES:
+        stats = metrics.summarize([r.scores[name] for r in results], np.random.default_rng(seed))
+        out.update({f"{name}_{key}": value for key, value in stats.items()})
+    pooled = sum((r.slices.total() for r in results), metrics.Counts(0, 0, 0, 0))
+    out["pixel_accuracy"] = metrics.pixel_accuracy(pooled)
+    out["dice_global"] = metrics.dice(pooled)
+    out["excluded_empty"] = [r.case for r in results if math.isnan(r.dice)]
+    return out
+
+
+def _concat(results: list[CaseResult]) -> metrics.Counts:
+    parts = [r.slices for r in results]
+    return metrics.Counts(*(np.concatenate([getattr(c, k) for c in parts]) if parts
+                            else np.zeros(0, np.int64) for k in ("tp", "fp", "fn", "tn")))
+
+
+def slice_level(results: list[CaseResult]) -> dict:
+    """Per-slice Dice/IoU over all slices of all patients, and slice-level detection.
+
+    Slices where truth and prediction are both empty are excluded (NaN); a prediction
+    on a tumour-free slice scores 0 and counts. No CI here: slices of one patient are
+    not independent, so a slice bootstrap would be too narrow.
+    """
+    counts = _concat(results)
+    out = {"slices": int(counts.tp.size), "tumour_slices": int(np.count_nonzero(counts.tp
+                                                                                + counts.fn))}
+    for name, score in (("dice", metrics.dice), ("iou", metrics.iou)):
+        stats = metrics.summarize(np.atleast_1d(score(counts)).tolist())
+        out[name] = {k: v for k, v in stats.items() if k != "ci95"}
+    out["detection"] = metrics.detection_scores(metrics.slice_detection(counts))
+    return out
+
+
+def by_site(results: list[CaseResult]) -> dict[str, dict]:
+    """PV-DSC mean/median/n per acquisition site (the second field of a TCGA case id).
+
+    Sites differ in scanners and protocols, so a model can be good on one and poor on
+    another; the overall mean hides that.
+    """
+    sites = sorted({r.site for r in results})
+    out = {}
+    for site in sites:
+        stats = metrics.summarize([r.dice for r in results if r.site == site])
+        out[site] = {"patients": sum(r.site == site for r in results), "dice_mean": stats["mean"],
+                     "dice_median": stats["median"], "n": stats["n"]}
+    return out
+
+
+def variant_table(results: list[CaseResult], variants: list[Variant], chosen: PostConfig,
+                  ) -> list[dict]:
+    """One row per variant: its settings and mean/median PV-DSC over patients."""
+    rows = []
+    for v in variants:
+        stats = metrics.summarize([r.variant_dice[v.name] for r in results])
+        rows.append({"name": v.name, "tta": v.post.tta,
+                     "largest_component": v.post.largest_component,
+                     "min_size": v.post.min_size, "fill_holes": v.post.fill_holes,
+                     "threshold": v.post.threshold, "dice_mean": stats["mean"],
+                     "dice_median": stats["median"], "n": stats["n"],
+                     "chosen": v.post == chosen})
+    return rows
+
+
+def gallery_cases(results: list[CaseResult]) -> list[tuple[str, CaseResult]]:
+    """Best, median and worst patient by PV-DSC (patients with NaN Dice are skipped)."""
+    scored = sorted((r for r in results if not math.isnan(r.dice)), key=lambda r: r.dice)
+    if not scored:
+        return []
+    picks = [("best", scored[-1]), ("median", scored[(len(scored) - 1) // 2]),
+             ("worst", scored[0])]
+    seen: set[str] = set()
+    return [(label, r) for label, r in picks if not (r.case in seen or seen.add(r.case))]
+
+
+def gallery_slices(counts: metrics.Counts) -> list[tuple[str, int]]:
+    """Slices worth showing: the most true tumour, and the largest error (FP + FN) if different.
+
+    With no tumour anywhere, the slice with the most predicted tumour is shown instead.
+    """
+    area, error = counts.tp + counts.fn, counts.fp + counts.fn
+    if area.max() > 0:
+        first = ("most tumour", int(np.argmax(area)))
+    else:
+        first = ("most predicted", int(np.argmax(counts.tp + counts.fp)))
+    picks = [first]
+    for i in np.argsort(-error, kind="stable"):
+        if error[i] == 0:
+            break
+        if i != first[1]:
+            picks.append(("largest error", int(i)))
+            break
+    return picks
+
+
+# --- model loading -----------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """What `evaluate` needs from a model file, plus what the report says about it."""
+
+    cfg: Config
+    logits_fn: LogitsFn
+    info: dict  # path, backend, precision, epoch, best validation PV-DSC
+    run_dir: Path | None  # the checkpoint's folder when it is a training run
+    train_cases: list[str] = field(default_factory=list)
+    val_cases: list[str] = field(default_factory=list)
+
+
+def load_for_evaluation(path: Path | None = None, backend: str = "torch",
+                        fp32: bool = True) -> LoadedModel:
+    """Load a model with `inference.load_model` (path None: the bundled one).
+
+    By default (`fp32`) a PyTorch model runs on the fp32 path of `predict`, so the
+    scores are those of the masks users get, bit for bit. `fp32=False` runs it exactly
+    as `train.validate` did (bf16 autocast and channels-last as its cfg.train says):
+    about 3x faster on CPUs with AVX-512 bf16, and the plain variant then reproduces
+    the training log's validation PV-DSC. ONNX models run as exported.
+    """
+    seg = load_model(path, backend)
+    source = Path(seg.source)
+    info: dict = {"path": str(source), "backend": seg.backend, "bundled": path is None,
+                  "precision": "fp32 (as predict)"}
+    logits_fn = seg.logits_fn
+    if seg.backend == "torch":
+        state = load_checkpoint(source)
+        info.update(epoch=state.get("epoch"), best_val_dice=state.get("best_dice"))
+        if not fp32:
+            model, _ = model_from_checkpoint(state)
+            train = seg.cfg.train
+            logits_fn = torch_logits_fn(model, bf16=train.bf16, channels_last=train.channels_last)
+            info["precision"] = ("bf16" if train.bf16 else "fp32") + (
+                ", channels-last" if train.channels_last else "") + " (as validated)"
+    run = _read_run_json(source.parent / "run.json")
+    return LoadedModel(cfg=seg.cfg, logits_fn=logits_fn, info=info,
+                       run_dir=source.parent if run is not None else None,
+                       train_cases=list((run or {}).get("train", [])),
+                       val_cases=list((run or {}).get("val", [])))
+
+
+def _read_run_json(path: Path) -> dict | None:
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return run if isinstance(run, dict) else None
+
+
+def chosen_post(post: PostConfig, tta: bool = False, largest_component: bool = False,
+                min_size: int | None = None) -> PostConfig:
+    """The model's own post-processing with command-line options switched on."""
+    return replace(post, tta=post.tta or tta,
+                   largest_component=post.largest_component or largest_component,
+                   min_size=post.min_size if min_size is None else min_size)

@@ -1,0 +1,343 @@
+"""evaluate: probabilities per TTA setting, variants, aggregation, gallery picks, the CLI verb."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from gliomaseg import metrics
+from gliomaseg.checkpoint import load_checkpoint
+from gliomaseg.config import PostConfig
+from gliomaseg.data import DataError, list_cases
+from gliomaseg.evaluate import (
+    VARIANT_MIN_SIZE,
+    aggregate,
+    chosen_post,
+    evaluate,
+    gallery_cases,
+    gallery_slices,
+    labelled_cases,
+    load_for_evaluation,
+    native_probabilities,
+    score_case,
+    slice_level,
+    standard_variants,
+    variant_table,
+)
+from gliomaseg.inference import probabilities, to_native
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN/Infinity (which are not JSON)."""
+    def refuse(name):
+        raise ValueError(f"non-JSON constant {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+class CountingLogits:
+    """A deterministic, left-right asymmetric 'network': logits = weighted channel sum + ramp."""
+
+    def __init__(self):
+        self.calls = 0
+        self.slices = 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.slices += x.shape[0]
+        ramp = np.linspace(-1, 1, x.shape[-1], dtype=np.float32)
+        return (x.mean(axis=1, keepdims=True) * 3 + ramp).astype(np.float32)
+
+
+# --- probabilities -----------------------------------------------------------------------------
+
+
+def test_both_tta_settings_cost_two_passes_and_match_inference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 16, 16)).astype(np.float32)
+    fn = CountingLogits()
+    both = native_probabilities(fn, x, (32, 32), {False, True}, batch_size=2)
+    assert fn.slices == 2 * 5  # the plain pass is reused for TTA: 2 passes, not 3
+    for tta in (False, True):
+        expected = to_native(probabilities(CountingLogits(), x, 2, tta=tta), (32, 32))
+        np.testing.assert_allclose(both[tta], expected, atol=1e-6)
+        assert both[tta].shape == (5, 32, 32)
+    assert not np.allclose(both[False], both[True])  # the ramp makes the flip matter
+
+
+def test_single_tta_setting_is_one_call_of_inference():
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    fn = CountingLogits()
+    only = native_probabilities(fn, x, (8, 8), {True})
+    assert set(only) == {True} and fn.slices == 2 * 3
+    np.testing.assert_allclose(only[True], probabilities(CountingLogits(), x, tta=True))
+
+
+# --- variants and per-case scoring -------------------------------------------------------------
+
+
+def test_standard_variants_and_chosen_row():
+    names = [v.name for v in standard_variants(PostConfig())]
+    assert names == ["plain", "+TTA", "+largest component", f"+min size {VARIANT_MIN_SIZE}",
+                     "combined"]
+    combined = standard_variants(PostConfig())[-1].post
+    assert combined.tta and combined.largest_component and combined.min_size == VARIANT_MIN_SIZE
+    custom = PostConfig(threshold=0.4, fill_holes=True)
+    variants = standard_variants(custom)
+    assert variants[-1].name == "chosen" and variants[-1].post == custom
+    assert all(v.post.threshold == 0.4 for v in variants)
+    assert standard_variants(PostConfig(min_size=50))[3].name == "+min size 50"
+
+
+def test_chosen_post_switches_options_on():
+    post = chosen_post(PostConfig(min_size=7), tta=True, largest_component=True)
+    assert post.tta and post.largest_component and post.min_size == 7
+    assert chosen_post(PostConfig(min_size=7), min_size=0).min_size == 0
+    assert chosen_post(PostConfig(tta=True)).tta  # a flag never switches an option off
+
+
+def speck_case():
+    """Truth: a 2x4x4 block (32 voxels). Prediction: the block plus a 1-voxel speck far away."""
+    truth = np.zeros((3, 12, 12), np.uint8)
+    truth[0:2, 2:6, 2:6] = 1
+    probs = truth.astype(np.float32) * 0.9
+    probs[2, 10, 10] = 0.8
+    return truth, probs
+
+
+def test_score_case_variants_by_hand():
+    truth, probs = speck_case()
+    variants = [v for v in standard_variants(PostConfig()) if not v.post.tta]
+    r = score_case("P", truth, {False: probs}, PostConfig(), variants)
+    assert r.dice == pytest.approx(64 / 65)  # 2*32 / (2*32 + 1 false positive)
+    assert r.variant_dice["plain"] == pytest.approx(64 / 65)
+    assert r.variant_dice["+largest component"] == 1.0  # the speck is removed
+    assert r.variant_dice[f"+min size {VARIANT_MIN_SIZE}"] == 0.0  # block < 200 voxels: gone
+    assert r.scores["volume_true"] == 32 and r.scores["volume_pred"] == 33
+    np.testing.assert_array_equal(r.mask(), (probs >= 0.5).astype(np.uint8))
+    assert list(r.slices.fp) == [0, 0, 1]
+
+
+def test_score_case_uses_the_chosen_post_processing_for_the_main_scores():
+    truth, probs = speck_case()
+    r = score_case("P", truth, {False: probs}, PostConfig(largest_component=True), [])
+    assert r.dice == 1.0 and r.mask().sum() == 32 and r.variant_dice == {}
+
+
+def make_results():
+    """Three patients: perfect, half found, and one with empty truth and empty prediction."""
+    results = []
+    truth = np.zeros((2, 4, 4), np.uint8)
+    truth[0, :2, :2] = 1
+    results.append(score_case("A", truth, {False: truth.astype(np.float32)}, PostConfig(), []))
+    half = np.zeros_like(truth, dtype=np.float32)
+    half[0, :2, :1] = 1
+    results.append(score_case("B", truth, {False: half}, PostConfig(), []))
+    empty = np.zeros_like(truth)
+    results.append(score_case("C", empty, {False: empty.astype(np.float32)}, PostConfig(), []))
+    return results
+
+
+def test_aggregate_excludes_empty_empty_cases():
+    a = aggregate(make_results())
+    # A: Dice 1; B: 2*2/(2*2+0+2) = 2/3; C: both empty -> excluded, never scored 1.
+    assert a["dice_n"] == 2 and a["cases"] == 3 and a["excluded_empty"] == ["C"]
+    assert a["dice_mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert a["dice_median"] == pytest.approx((1 + 2 / 3) / 2)
+    assert a["iou_mean"] == pytest.approx((1 + 0.5) / 2)
+    # pooled over 96 pixels: errors are B's 2 false negatives
+    assert a["pixel_accuracy"] == pytest.approx(94 / 96)
+    assert a["dice_global"] == pytest.approx(2 * 6 / (2 * 6 + 2))
+    assert a["pixel_accuracy_n"] == 3  # always defined, so C counts here
+    lo, hi = a["dice_ci95"]
+    assert 2 / 3 <= lo <= hi <= 1.0
+
+
+def test_slice_level_by_hand():
+    s = slice_level(make_results())
+    # slices: A0 (tumour, found), A1 empty, B0 (tumour, half found), B1 empty, C0, C1 empty
+    assert s["slices"] == 6 and s["tumour_slices"] == 2
+    assert s["detection"]["tp"] == 2 and s["detection"]["tn"] == 4
+    assert s["detection"]["sensitivity"] == 1.0 and s["detection"]["specificity"] == 1.0
+    assert s["dice"]["n"] == 2 and s["dice"]["mean"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_variant_table_marks_the_chosen_row():
+    truth, probs = speck_case()
+    variants = [v for v in standard_variants(PostConfig()) if not v.post.tta]
+    results = [score_case(c, truth, {False: probs}, PostConfig(), variants) for c in "XY"]
+    rows = variant_table(results, variants, PostConfig())
+    assert [r["chosen"] for r in rows] == [True, False, False]
+    assert rows[1]["dice_mean"] == 1.0 and rows[1]["largest_component"] is True
+    assert rows[0]["dice_median"] == pytest.approx(64 / 65) and rows[0]["n"] == 2
+
+
+# --- gallery picks -----------------------------------------------------------------------------
+
+
+def fake(case, dice):
+    class R:
+        pass
+    r = R()
+    r.case, r.dice = case, dice
+    return r
+
+
+def test_gallery_cases_best_median_worst_skip_nan_and_dedupe():
+    results = [fake("a", 0.5), fake("b", 0.9), fake("c", math.nan), fake("d", 0.1),
+               fake("e", 0.7)]
+    picks = [(label, r.case) for label, r in gallery_cases(results)]
+    assert picks == [("best", "b"), ("median", "a"), ("worst", "d")]
+    assert [label for label, _ in gallery_cases([fake("a", 0.5)])] == ["best"]
+    assert gallery_cases([fake("c", math.nan)]) == []
+
+
+def test_gallery_slices_most_tumour_and_largest_error():
+    c = metrics.Counts(tp=np.array([5, 30, 10, 0]), fp=np.array([0, 2, 40, 0]),
+                       fn=np.array([1, 4, 0, 0]), tn=np.zeros(4, int))
+    assert gallery_slices(c) == [("most tumour", 1), ("largest error", 2)]
+    same = metrics.Counts(tp=np.array([5, 30]), fp=np.array([0, 9]), fn=np.array([1, 4]),
+                          tn=np.zeros(2, int))
+    assert gallery_slices(same) == [("most tumour", 1), ("largest error", 0)]
+    perfect = metrics.Counts(tp=np.array([0, 7]), fp=np.zeros(2, int), fn=np.zeros(2, int),
+                             tn=np.zeros(2, int))
+    assert gallery_slices(perfect) == [("most tumour", 1)]
+    no_tumour = metrics.Counts(tp=np.zeros(3, int), fp=np.array([0, 0, 3]), fn=np.zeros(3, int),
+                               tn=np.zeros(3, int))
+    assert gallery_slices(no_tumour) == [("most predicted", 2)]
+
+
+# --- data checks -------------------------------------------------------------------------------
+
+
+def test_labelled_cases_missing_mask_and_unknown_case(synth_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    case = list_cases(data)[0]
+    assert labelled_cases(data, [case]) == [case]
+    mask = sorted((data / case).glob("*_mask.tif"))[0]
+    mask.unlink()
+    with pytest.raises(DataError, match="evaluate needs a ground-truth mask"):
+        labelled_cases(data)
+    with pytest.raises(DataError, match="no patient folder NOPE"):
+        labelled_cases(data, ["NOPE"])
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def test_plain_variant_reproduces_the_training_validation_score(synth_root, tiny_run):
+    """Same probabilities and metric as train.validate: the validation patients' plain mean
+    PV-DSC must equal the best validation PV-DSC stored in the checkpoint."""
+    state = load_checkpoint(tiny_run / "best.pt")
+    model = load_for_evaluation(tiny_run / "best.pt", fp32=False)
+    ev = evaluate(synth_root, model.logits_fn, model.cfg, cases=state["val_cases"])
+    rows = variant_table(ev.cases, ev.variants, ev.post)
+    plain = next(r for r in rows if r["name"] == "plain")
+    assert plain["dice_mean"] == pytest.approx(state["best_dice"], abs=1e-6)
+    assert model.info["epoch"] == state["epoch"]
+    assert model.val_cases == state["val_cases"]
+    assert ev.settings["network_passes_per_slice"] == 2
+
+
+def test_cli_evaluate_writes_outputs_and_refuses_to_overwrite(synth_root, tiny_checkpoint,
+                                                              tmp_path):
+    before = sorted(p.relative_to(synth_root) for p in synth_root.rglob("*"))
+    case = list_cases(synth_root)[3]
+    out = tmp_path / "eval"
+    res = run_cli("evaluate", synth_root, "-o", out, "--model", tiny_checkpoint,
+                  "--cases", case, "--no-variants")
+    assert res.returncode == 0, res.stderr
+    assert "mean PV-DSC" in res.stdout and "report.html" in res.stdout
+    assert {p.name for p in out.iterdir()} == {"summary.json", "per_case.csv", "report.html"}
+    summary = strict_json((out / "summary.json").read_text())
+    assert [r["case"] for r in summary["per_case"]] == [case]
+    assert summary["variants"] == [] and summary["timing"]["seconds"] > 0
+    assert summary["config"]["network_passes_per_slice"] == 1
+    assert sorted(p.relative_to(synth_root) for p in synth_root.rglob("*")) == before
+
+    again = run_cli("evaluate", synth_root, "-o", out, "--model", tiny_checkpoint)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+
+
+def test_cli_evaluate_bad_inputs_are_one_line_errors(synth_root, tiny_checkpoint, tmp_path,
+                                                     capsys):
+    """In-process (cli.main), so each case costs no interpreter start."""
+    from gliomaseg.cli import main
+
+    def run(*args):
+        code = main(["evaluate", *map(str, args)])
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        return code, err
+
+    code, err = run(synth_root, "-o", synth_root / "out", "--model", tiny_checkpoint)
+    assert code == 2 and "must not be inside the input" in err
+    assert not (synth_root / "out").exists()
+
+    data = tmp_path / "nomask"
+    shutil.copytree(synth_root, data)
+    for mask in (data / list_cases(data)[1]).glob("*_mask.tif"):
+        mask.unlink()
+    code, err = run(data, "-o", tmp_path / "o1", "--model", tiny_checkpoint)
+    assert code == 2 and "evaluate needs a ground-truth mask" in err
+
+    code, err = run(synth_root, "-o", tmp_path / "o2", "--model", tmp_path / "missing.pt")
+    assert code == 2 and "missing.pt" in err
+    code, err = run(synth_root, "-o", tmp_path / "o3", "--model", tiny_checkpoint,
+                    "--cases", "NOPE")
+    assert code == 2 and "no patient folder NOPE" in err
+    code, err = run(synth_root, "-o", tmp_path / "o4", "--batch-size", "0")
+    assert code == 2 and "--batch-size" in err
+    assert not any((tmp_path / f"o{i}").exists() and any((tmp_path / f"o{i}").iterdir())
+                   for i in range(1, 5))
+
+
+@pytest.mark.real
+def test_evaluate_real_patients(real_root, tiny_checkpoint):
+    model = load_for_evaluation(tiny_checkpoint)
+    ev = evaluate(real_root, model.logits_fn, model.cfg, variants=False)
+    assert len(ev.cases) == len(list_cases(real_root))
+    for r in ev.cases:
+        assert r.shape[1:] == (256, 256)  # scored on the native grid, not the 64-pixel model grid
+        assert 0.0 <= r.dice <= 1.0  # every real patient has tumour, so Dice is defined
+
+
+def test_fp32_option_scores_exactly_the_masks_predict_returns(synth_root, tiny_checkpoint):
+    from gliomaseg.inference import load_model
+
+    case = list_cases(synth_root)[0]
+    model = load_for_evaluation(tiny_checkpoint, fp32=True)
+    ev = evaluate(synth_root, model.logits_fn, model.cfg, cases=[case], variants=False)
+    predicted = load_model(tiny_checkpoint).predict(synth_root / case)
+    np.testing.assert_array_equal(ev.cases[0].mask(), predicted.mask)
+    assert model.info["precision"] == "fp32 (as predict)"
+
+
+def test_by_site_groups_patients():
+    from gliomaseg.evaluate import by_site
+
+    results = make_results()
+    results[0].site, results[1].site, results[2].site = "CS", "CS", "DU"
+    sites = by_site(results)
+    assert list(sites) == ["CS", "DU"]
+    assert sites["CS"]["patients"] == 2 and sites["CS"]["n"] == 2
+    assert sites["CS"]["dice_mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert sites["DU"]["patients"] == 1 and sites["DU"]["n"] == 0  # only an empty-empty case
+    assert math.isnan(sites["DU"]["dice_mean"])
+
+
+def test_cli_evaluate_without_bundled_model_says_how_to_get_one(synth_root, tmp_path, capsys,
+                                                                monkeypatch):
+    from gliomaseg import inference
+    from gliomaseg.cli import main
+
+    monkeypatch.setattr(inference, "WEIGHTS_DIR", tmp_path / "no_weights")
+    assert main(["evaluate", str(synth_root), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no bundled model" in err and "--model" in err and len(err.strip().splitlines()) == 1

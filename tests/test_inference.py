@@ -1,0 +1,118 @@
+"""Public model API: load_model -> Segmenter.predict -> Prediction, and its input handling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gliomaseg
+from gliomaseg.checkpoint import CheckpointError
+from gliomaseg.config import PostConfig
+from gliomaseg.data import DataError, read_patient
+from gliomaseg.inference import as_volume, segment, torch_logits_fn
+from gliomaseg.preprocess import prepare_volume
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return gliomaseg.load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def patient(synth_root):
+    return read_patient(sorted(p for p in synth_root.iterdir() if p.is_dir())[0])
+
+
+def test_predict_patient_shapes_and_types(model, patient):
+    result = model.predict(patient)
+    s, h, w = patient.image.shape[:3]
+    assert result.mask.shape == (s, h, w) and result.mask.dtype == np.uint8
+    assert set(np.unique(result.mask).tolist()) <= {0, 1}
+    assert result.probabilities.shape == (s, h, w)
+    assert result.probabilities.dtype == np.float32
+    assert result.probabilities.min() >= 0.0 and result.probabilities.max() <= 1.0
+    assert result.seconds > 0
+    assert model.backend == "torch" and model.cfg.data.size == 64
+
+
+def test_predict_matches_segment_pipeline(model, tiny_checkpoint, patient):
+    """predict is prepare_volume + segment, nothing else (no second preprocessing path)."""
+    from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
+
+    net, cfg = model_from_checkpoint(load_checkpoint(tiny_checkpoint))
+    x = prepare_volume(patient.image, cfg.data)
+    mask, probs = segment(torch_logits_fn(net), x, patient.image.shape[1:3], cfg.post)
+    result = model.predict(patient)
+    np.testing.assert_array_equal(result.mask, mask)
+    np.testing.assert_allclose(result.probabilities, probs, atol=1e-6)
+
+
+def test_folder_path_array_and_patient_agree(model, patient):
+    by_path = model.predict(patient.image_paths[0].parent)
+    by_str = model.predict(str(patient.image_paths[0].parent))
+    by_array = model.predict(patient.image)
+    for other in (by_str, by_array):
+        np.testing.assert_array_equal(by_path.mask, other.mask)
+        np.testing.assert_array_equal(by_path.probabilities, other.probabilities)
+
+
+def test_single_slice_inputs(model, patient):
+    one = model.predict(patient.image[3])  # (H, W, 3)
+    assert one.mask.shape == (1, *patient.image.shape[1:3])
+    from_file = model.predict(patient.image_paths[3])
+    np.testing.assert_array_equal(one.mask, from_file.mask)
+
+
+def test_grayscale_volume_is_flair_everywhere():
+    gray = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
+    rgb = as_volume(gray)
+    assert rgb.shape == (2, 32, 32, 3)
+    assert (rgb == gray[..., None]).all()
+
+
+def test_non_uint8_is_scaled_by_maximum():
+    vol = np.zeros((1, 16, 16, 3), dtype=np.uint16)
+    vol[0, 0, 0] = 1000
+    vol[0, 1, 1] = 500
+    out = as_volume(vol)
+    assert out.dtype == np.uint8 and out[0, 0, 0, 0] == 255 and out[0, 1, 1, 0] == 127
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (2, 3, 4, 5), (5, 4, 3)])
+def test_bad_shapes_are_data_errors(shape):
+    with pytest.raises(DataError, match="shape"):
+        as_volume(np.zeros(shape, dtype=np.uint8))
+
+
+def test_missing_path_is_data_error(model, tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        model.predict(tmp_path / "nope")
+
+
+def test_post_override_changes_mask(model, patient):
+    base = model.predict(patient)
+    strict = model.predict(patient, post=PostConfig(threshold=0.999))
+    assert strict.mask.sum() <= base.mask.sum()
+    np.testing.assert_array_equal(strict.mask, (base.probabilities >= 0.999).astype(np.uint8))
+
+
+def test_missing_bundled_model_message(monkeypatch, tmp_path):
+    from gliomaseg import inference
+
+    monkeypatch.setattr(inference, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="gliomaseg train") as info:
+        gliomaseg.load_model()
+    assert "\n" not in str(info.value)
+
+
+def test_load_model_rejects_bad_inputs(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="no such model"):
+        gliomaseg.load_model(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="backend"):
+        gliomaseg.load_model(tiny_checkpoint, backend="tensorflow")
+    with pytest.raises(CheckpointError, match="needs an .onnx"):
+        gliomaseg.load_model(tiny_checkpoint, backend="onnx")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        gliomaseg.load_model(junk)
