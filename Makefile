@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install model clean
 
+# `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
+DATA ?= kaggle_3m
+RUN ?= runs/bundled
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -30,3 +34,13 @@ lint: $(STAMP)
 
 clean:
 	rm -rf demo .pytest_cache .ruff_cache
+
+model: $(STAMP)
+	$(BIN)/gliomaseg split $(DATA) --folds 5 --seed 0 -o $(RUN)-splits.json --overwrite
+	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN) --splits $(RUN)-splits.json \
+		--val-fold 0 --config configs/bundled.json --overwrite
+	$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)/best.pt -o $(RUN)-eval --overwrite \
+		--cases $$($(BIN)/python -c "import json; print(*json.load(open('$(RUN)/run.json'))['val'])")
+	$(BIN)/python -c "import json; from gliomaseg.checkpoint import bundle; \
+		bundle('$(RUN)/best.pt', 'src/gliomaseg/weights/model.pt', json.load(open('configs/bundled-post.json')))"
+	@echo "bundled model: src/gliomaseg/weights/model.pt; validation report: $(RUN)-eval/report.html"

@@ -59,3 +59,22 @@ def model_from_checkpoint(state: dict[str, Any]) -> tuple[UNet, Config]:
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
     model.load_state_dict(weights)
     return model.eval(), cfg
+
+
+def bundle(src: Path, dst: Path, post: dict | None = None, fp16: bool = True) -> dict:
+    """Make a shippable model file from a training checkpoint.
+
+    Keeps weights, config and provenance (epoch, best validation PV-DSC, validation
+    patients); drops optimiser and RNG state. `post` overrides post-processing settings
+    chosen on validation patients; `fp16` halves the size (weights are upcast on load).
+    """
+    state = load_checkpoint(src)
+    cfg = Config.from_dict(state["config"])
+    if post:
+        cfg = cfg.replace(post=post)
+    weights = {k: v.half() if fp16 and v.is_floating_point() else v
+               for k, v in state["model"].items()}
+    keep = {k: state[k] for k in ("epoch", "best_dice", "best_epoch", "val_cases") if k in state}
+    out = {"model": weights, "config": cfg.to_dict(), **keep}
+    save_checkpoint(dst, out)
+    return out
