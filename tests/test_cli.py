@@ -112,3 +112,12 @@ def test_download_without_kagglehub_installed(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "kagglehub", None)  # import raises ImportError
     assert main(["download", str(tmp_path / "d")]) == 2
     assert "pip install" in capsys.readouterr().err
+
+
+def test_channels_flag_selects_flair_only_input():
+    from gliomaseg.cli import _overrides
+    from gliomaseg.config import load_config
+
+    args = build_parser().parse_args(["train", "d", "-o", "r", "--channels", "flair"])
+    cfg = load_config(args.config, _overrides(args))
+    assert cfg.data.channels == "flair" and cfg.data.in_channels == 1

@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import list_cases
     from .train import choose_val_cases, train
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, _overrides(args))
     if args.resume:
         run_dir = args.resume
         saved = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() \
@@ -150,7 +150,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.trials < 0:
         raise UsageError(f"--trials must be >= 0, got {args.trials}")
-    base = with_trial_budget(load_config(args.config, args.set))
+    base = with_trial_budget(load_config(args.config, _overrides(args)))
     cases = list_cases(args.data)
     val_cases = choose_val_cases(cases, base, args.splits, args.val_fold, args.val_cases)
     train_cases = [c for c in cases if c not in set(val_cases)]
@@ -363,6 +363,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON config (e.g. a tuning result)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--channels", choices=["rgb", "flair"],
+                   help="model input: all three channels, or FLAIR only (grayscale); "
+                        "short for --set data.channels=...")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return args.set + ([f"data.channels={args.channels}"] if args.channels else [])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,7 +498,7 @@ sharing one study between processes and machines:
     p = _add(sub, "predict", "segment slices, patient folders or a dataset root", """
   gliomaseg predict ~/scans/TCGA_CS_4941_19960909 -o preds
   gliomaseg predict ~/data/kaggle_3m -o preds --model runs/r1/best.pt --tta
-  gliomaseg predict scan_12.tif -o preds --backend onnx --model model.onnx
+  gliomaseg predict ~/scans/P1/P1_12.tif -o preds --backend onnx --model model.onnx
   gliomaseg predict ~/scans/P1 -o preds --spacing 0.94 0.94 3.5 --overwrite
   gliomaseg predict ~/brats/BraTS2021_00000/BraTS2021_00000_flair.nii.gz -o preds
 
