@@ -151,3 +151,17 @@ def test_two_process_ddp_on_gloo(synth_root, tmp_path):
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert len(read_rows(run)) == 2  # only rank 0 writes: one row per epoch
     model_from_checkpoint(load_checkpoint(run / "best.pt"))
+
+
+def test_fine_tuning_starts_from_the_given_weights(synth_root, tiny_run, tmp_path):
+    cases = list_cases(synth_root)
+    start = load_checkpoint(tiny_run / "best.pt")
+    # A different architecture in cfg is replaced by the checkpoint's, which the weights fit.
+    cfg = TINY.replace(model={"base_filters": 4}, train={"max_epochs": 1, "steps_per_epoch": 1,
+                                                         "lr": 1e-6})
+    result = train(synth_root, tmp_path / "ft", cfg, cases[:3], cases[3:], use_cache=False,
+                   init=tiny_run / "best.pt")
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert saved["model"] == start["config"]["model"]
+    # one step at a tiny learning rate: the score is the starting model's, far above chance
+    assert result["best_dice"] == pytest.approx(start["best_dice"], abs=0.05)
