@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -93,7 +94,9 @@ def postprocess(mask: np.ndarray, cfg: PostConfig) -> np.ndarray:
     """
     m = torch.from_numpy(mask.astype(np.uint8))[None]  # (1, S, H, W): MONAI wants a channel
     if cfg.min_size > 0 and m.any():
-        m = RemoveSmallObjects(min_size=cfg.min_size, connectivity=3)(m)
+        with warnings.catch_warnings():  # scikit-image >= 0.26 deprecates MONAI's call
+            warnings.simplefilter("ignore", FutureWarning)
+            m = RemoveSmallObjects(min_size=cfg.min_size, connectivity=3)(m)
     if cfg.largest_component and m.any():
         m = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(m)
     if cfg.fill_holes and m.any():
