@@ -1,4 +1,7 @@
-"""Integration on real patients unpacked from ../shared/data/lgg (skipped when absent)."""
+"""Integration on real patients unpacked from ../shared/data/lgg (skipped when absent).
+
+These first 3 patients are in the bundled model's training set: the check below is that the
+shipped weights work, not how well they generalise (see MODEL.md for that)."""
 
 import numpy as np
 from conftest import run_cli
@@ -32,3 +35,19 @@ def test_real_slice_order_matches_file_numbers(real_root):
 def test_check_cli_on_real_data(real_root):
     r = run_cli("check", real_root)
     assert r.returncode == 0 and "patients: 3" in r.stdout, r.stderr
+
+
+def test_bundled_model_segments_real_patients(real_root):
+    """The shipped weights load with no path and find the tumour on real patients."""
+    import gliomaseg
+    from gliomaseg.metrics import confusion, dice
+
+    model = gliomaseg.load_model()
+    assert model.cfg.data.context == 1 and model.cfg.post.largest_component
+    scores = []
+    for case in sorted(p for p in real_root.iterdir() if p.is_dir()):
+        patient = read_patient(case)
+        result = model.predict(patient)
+        assert result.mask.shape == patient.mask.shape
+        scores.append(dice(confusion(result.mask, patient.mask)))
+    assert np.mean(scores) > 0.6, scores
