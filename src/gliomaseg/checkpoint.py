@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, always carrying the full config they were trained with.
 
 A checkpoint is a dict saved with torch.save: {"model": state_dict, "config": dict,
-"format": 1, ...} plus, for training checkpoints, optimiser, scheduler, epoch,
+"format": 1, ...} plus, for training checkpoints, optimiser, epoch,
 RNG states and the best metric (see docs/formats.md). Loading never unpickles
 arbitrary objects (weights_only=True).
 """
