@@ -11,7 +11,8 @@ loading, interleaved in the same process so machine noise hits both alike:
     at native resolution, batch 32, bf16 autocast, channels-last), through the
     real CropDataset and DataLoader.
 `budget`: validation PV-DSC reached by 15, 30 and 60 minutes of training, read
-from a run's metrics.csv (cumulative epoch seconds, validation included).
+from a run's metrics.csv (cumulative epoch seconds, validation included; CPU
+seconds when the run's budget clock was "cpu").
 Prints Markdown tables.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +64,7 @@ def throughput(args: argparse.Namespace) -> None:
         data = write_dataset(Path(tempfile.mkdtemp()), cases=4, slices=24)
     default = Config()
     reference = default.replace(
+        data={"context": 0},  # the author's model sees one 3-channel slice
         train={"crop": 0, "batch_size": 16, "bf16": False, "channels_last": False,
                "foreground_fraction": 0.0, "steps_per_epoch": args.steps + 2},
         augment={"rotate": 0.0, "scale": 0.0, "intensity": 0.0},
@@ -70,7 +73,7 @@ def throughput(args: argparse.Namespace) -> None:
     cases = load_cases(data, list_cases(data)[: args.cases], default)
     recipes = {"reference (32 filters, 256 px, batch 16, fp32 NCHW)":
                (reference, ModelConfig(base_filters=32, dropout=0.0)),
-               "gliomaseg default (16 filters, 128 px crops, batch 32, bf16, channels-last)":
+               "gliomaseg default (16 filters, 2.5D, 128 px crops, batch 32, bf16, channels-last)":
                (default, default.model)}
     runs = {name: loop(cfg, cases, m, args.steps + 1) for name, (cfg, m) in recipes.items()}
     for gen in runs.values():
@@ -96,10 +99,12 @@ def budget(args: argparse.Namespace) -> None:
     for run in args.runs:
         with (run / "metrics.csv").open() as fh:
             rows = list(csv.DictReader(fh))
+        clock = json.loads((run / "config.json").read_text())["train"].get("budget_clock", "wall")
+        column = "cpu_seconds" if clock == "cpu" else "seconds"
         minutes, best_at = 0.0, {}
         best = (-1.0, 0, 0.0)
         for r in rows:
-            minutes += float(r["seconds"]) / 60
+            minutes += float(r[column]) / 60
             dice = float(r["val_dice"])
             if dice > best[0]:
                 best = (dice, int(r["epoch"]), minutes)

@@ -120,4 +120,4 @@ def test_channels_flag_selects_flair_only_input():
 
     args = build_parser().parse_args(["train", "d", "-o", "r", "--channels", "flair"])
     cfg = load_config(args.config, _overrides(args))
-    assert cfg.data.channels == "flair" and cfg.data.in_channels == 1
+    assert cfg.data.channels == "flair" and cfg.data.in_channels == 2 * cfg.data.context + 1

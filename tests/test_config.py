@@ -30,12 +30,13 @@ def test_overrides_and_file(tmp_path):
     path.write_text(json.dumps({"model": {"base_filters": 8}}))
     cfg = load_config(path, ["train.lr=0.01", "data.channels=flair"])
     assert (cfg.model.base_filters, cfg.train.lr, cfg.data.channels) == (8, 0.01, "flair")
-    assert cfg.data.in_channels == 1
+    assert cfg.data.in_channels == 2 * Config().data.context + 1  # FLAIR of each context slice
     assert cfg.train.batch_size == Config().train.batch_size
 
 
 @pytest.mark.parametrize("override", ["train.lr", "nosection=1", "data.size=100",
-                                      "data.channels=t1", "post.threshold=1.5"])
+                                      "data.channels=t1", "post.threshold=1.5",
+                                      "train.budget_clock=gpu"])
 def test_bad_overrides(override):
     with pytest.raises(ConfigError):
         load_config(None, [override])

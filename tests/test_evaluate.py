@@ -93,11 +93,17 @@ def test_standard_variants_and_chosen_row():
     assert standard_variants(PostConfig(min_size=50))[3].name == "+min size 50"
 
 
-def test_chosen_post_switches_options_on():
-    post = chosen_post(PostConfig(min_size=7), tta=True, largest_component=True)
+def test_chosen_post_overrides_only_what_is_given():
+    post = chosen_post(PostConfig(min_size=7, largest_component=False), tta=True,
+                       largest_component=True)
     assert post.tta and post.largest_component and post.min_size == 7
     assert chosen_post(PostConfig(min_size=7), min_size=0).min_size == 0
-    assert chosen_post(PostConfig(tta=True)).tta  # a flag never switches an option off
+    assert chosen_post(PostConfig(tta=True)).tta  # None keeps the model's setting
+    off = chosen_post(PostConfig(tta=True), tta=False, largest_component=False)
+    assert not off.tta and not off.largest_component  # --no-tta, --no-largest-component
+
+
+PLAIN = PostConfig(largest_component=False)  # threshold only
 
 
 def speck_case():
@@ -112,7 +118,7 @@ def speck_case():
 def test_score_case_variants_by_hand():
     truth, probs = speck_case()
     variants = [v for v in standard_variants(PostConfig()) if not v.post.tta]
-    r = score_case("P", truth, {False: probs}, PostConfig(), variants)
+    r = score_case("P", truth, {False: probs}, PLAIN, variants)
     assert r.dice == pytest.approx(64 / 65)  # 2*32 / (2*32 + 1 false positive)
     assert r.variant_dice["plain"] == pytest.approx(64 / 65)
     assert r.variant_dice["+largest component"] == 1.0  # the speck is removed
@@ -169,8 +175,8 @@ def test_slice_level_by_hand():
 def test_variant_table_marks_the_chosen_row():
     truth, probs = speck_case()
     variants = [v for v in standard_variants(PostConfig()) if not v.post.tta]
-    results = [score_case(c, truth, {False: probs}, PostConfig(), variants) for c in "XY"]
-    rows = variant_table(results, variants, PostConfig())
+    results = [score_case(c, truth, {False: probs}, PLAIN, variants) for c in "XY"]
+    rows = variant_table(results, variants, PLAIN)
     assert [r["chosen"] for r in rows] == [True, False, False]
     assert rows[1]["dice_mean"] == 1.0 and rows[1]["largest_component"] is True
     assert rows[0]["dice_median"] == pytest.approx(64 / 65) and rows[0]["n"] == 2

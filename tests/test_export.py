@@ -168,7 +168,7 @@ def test_context_model_exports_all_channels(tmp_path):
 
 
 def test_channel_names_flair_only():
-    assert export.channel_names(DataConfig(channels="flair")) == ["FLAIR"]
+    assert export.channel_names(DataConfig(channels="flair", context=0)) == ["FLAIR"]
     assert len(export.channel_names(DataConfig(channels="flair", context=2))) == 5
 
 

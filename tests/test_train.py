@@ -96,6 +96,20 @@ def test_early_stopping_stops_before_max_epochs(synth_root, tmp_path):
     assert len(read_rows(tmp_path / "r")) < 30 and result["best_epoch"] >= 1
 
 
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_time_budget_counts_the_chosen_clock(synth_root, tmp_path, monkeypatch, clock):
+    """Only the chosen clock spends the budget: here the CPU clock runs an hour per call."""
+    ticks = iter(range(0, 10**8, 3600))
+    monkeypatch.setattr(time, "process_time", lambda: float(next(ticks)))
+    cases = list_cases(synth_root)
+    cfg = TINY.replace(train={"max_epochs": 3, "steps_per_epoch": 2, "max_minutes": 30.0,
+                              "budget_clock": clock})
+    train(synth_root, tmp_path / "r", cfg, cases[:3], cases[3:], use_cache=False)
+    rows = read_rows(tmp_path / "r")
+    assert len(rows) == (1 if clock == "cpu" else 3)
+    assert float(rows[0]["cpu_seconds"]) == 3600.0
+
+
 def test_cli_refuses_to_overwrite_a_run(synth_root, tiny_run):
     r = run_cli("train", synth_root, "-o", tiny_run)
     assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr

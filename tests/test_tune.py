@@ -129,9 +129,11 @@ def test_tune_two_trials_writes_best_config_and_plot_then_resumes(synth_root, tm
 
     best = load_config(out / "best_config.json")  # what `gliomaseg train --config` reads
     base = with_trial_budget(BASE)
-    changed = set(config_diff(base, best))
-    assert changed and changed <= SEARCHED_KEYS
+    assert set(config_diff(base, best)) <= SEARCHED_KEYS
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    first, second = (Config.from_dict(t.user_attrs["config"]) for t in study.trials[:2])
+    assert config_diff(base, first) == {}  # trial 0 trains the base config itself
+    assert config_diff(base, second)  # later trials search
     assert study.best_value == max(t.value for t in study.trials)
     best_run = Path(study.best_trial.user_attrs["run_dir"])
     assert best_run.parent == out / "trials"

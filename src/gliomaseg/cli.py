@@ -234,8 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- predict -----------------------------------------------------------------------------------
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import dataclasses
-
+    from .evaluate import chosen_post
     from .inference import load_model
     from .nifti import channel_note, is_nifti
     from .predict import plan, run
@@ -249,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ensure_output(args.output, args.overwrite,
                   [args.input if args.input.is_dir() else args.input.parent])
     model = load_model(args.model, backend=args.backend)
-    post = dataclasses.replace(model.cfg.post, tta=model.cfg.post.tta or args.tta)
+    post = chosen_post(model.cfg.post, tta=args.tta)
     for note in filter(None, (channel_note(j.volume, model.cfg.data) for j in jobs if j.volume)):
         print(f"note: {note}", file=sys.stderr)
     report = run(model, jobs, args.output, post,
@@ -513,7 +512,8 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
-    p.add_argument("--tta", action="store_true", help="average with the left-right flip")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="average with the left-right flip (default: the model's setting)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
                    help="voxel size in mm for the NIfTI and the mm^3 volumes (default: unknown; "
                         "NIfTI inputs use their own)")
@@ -560,9 +560,11 @@ HD95 and volumes are in voxels, as for the Kaggle data.""")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--cases", nargs="+", help="only these patient folders of DATA")
-    p.add_argument("--tta", action="store_true", help="average with the left-right flip")
-    p.add_argument("--largest-component", action="store_true",
-                   help="keep only the largest 3D connected component per patient")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="average with the left-right flip (default: the model's setting)")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
+                   help="keep only the largest 3D connected component per patient "
+                        "(default: the model's setting)")
     p.add_argument("--min-size", type=int, metavar="VOXELS",
                    help="drop 3D components smaller than this (default: the model's setting)")
     p.add_argument("--no-variants", action="store_true",

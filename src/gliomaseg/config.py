@@ -21,7 +21,7 @@ CHANNEL_NAMES = ("pre-contrast", "FLAIR", "post-contrast")
 class DataConfig:
     channels: Literal["rgb", "flair"] = "rgb"  # "flair": FLAIR only (grayscale input)
     size: int = 256  # model grid in pixels; slices are resized to size x size
-    context: int = 0  # 2.5D: neighbouring slices on each side (0 = plain 2D)
+    context: int = 1  # 2.5D: neighbouring slices on each side (0 = plain 2D); 1 won (README)
     clip_percentiles: tuple[float, float] = (0.5, 99.5)  # per volume and channel, over the brain
 
     @property
@@ -47,6 +47,9 @@ class AugmentConfig:
     scale_range: float = 0.15  # zoom in [1 - r, 1 + r]
     intensity: float = 0.3  # probability of intensity scale and shift (each)
     intensity_range: float = 0.1
+    # Probability of replacing pre- and/or post-contrast by FLAIR, as the Kaggle data does
+    # for patients missing a sequence (8 of the 81 here): without it such patients can fail.
+    missing_sequence: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on CPU (AVX-512 bf16: about 4x the fp32 matmul rate)
     channels_last: bool = True
     val_fraction: float = 0.2  # when no fold or cases are given
-    max_minutes: float = 0.0  # wall-clock budget; 0 means none
+    max_minutes: float = 0.0  # time budget; 0 means none
+    budget_clock: Literal["wall", "cpu"] = "wall"  # "cpu": this process's CPU time, fair on a shared machine
     num_threads: int = 0  # torch threads; 0 keeps torch's default
     workers: int = 0  # DataLoader worker processes (0: load in the training process)
 
@@ -76,7 +80,7 @@ class TrainConfig:
 class PostConfig:
     threshold: float = 0.5
     tta: bool = False  # average over flips at test time
-    largest_component: bool = False  # keep only the largest 3D component per patient
+    largest_component: bool = True  # keep only the largest 3D component per patient (README)
     min_size: int = 0  # drop 3D components smaller than this many voxels
     fill_holes: bool = False
 
@@ -155,6 +159,7 @@ def validate(cfg: Config) -> Config:
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (0.0 < cfg.post.threshold < 1.0, "post.threshold must be in (0, 1)"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.budget_clock in ("wall", "cpu"), "train.budget_clock must be 'wall' or 'cpu'"),
     ]
     for ok, message in checks:
         if not ok:

@@ -92,7 +92,8 @@ def standard_variants(post: PostConfig) -> list[Variant]:
 
     All share `post`'s threshold, so the table isolates the effect of each option.
     """
-    plain = PostConfig(threshold=post.threshold)
+    plain = PostConfig(threshold=post.threshold, tta=False, largest_component=False, min_size=0,
+                       fill_holes=False)
     size = post.min_size or VARIANT_MIN_SIZE
     variants = [
         Variant("plain", plain),
@@ -370,9 +371,10 @@ def _read_run_json(path: Path) -> dict | None:
     return run if isinstance(run, dict) else None
 
 
-def chosen_post(post: PostConfig, tta: bool = False, largest_component: bool = False,
+def chosen_post(post: PostConfig, tta: bool | None = None, largest_component: bool | None = None,
                 min_size: int | None = None) -> PostConfig:
-    """The model's own post-processing with command-line options switched on."""
-    return replace(post, tta=post.tta or tta,
-                   largest_component=post.largest_component or largest_component,
+    """The model's own post-processing with the command-line choices (None: keep the model's)."""
+    return replace(post, tta=post.tta if tta is None else tta,
+                   largest_component=(post.largest_component if largest_component is None
+                                      else largest_component),
                    min_size=post.min_size if min_size is None else min_size)

@@ -36,10 +36,11 @@ from .inference import sigmoid, to_native, torch_logits_fn, volume_logits
 from .losses import build_loss
 from .model import build_model, count_parameters
 from .preprocess import cached_volume, prepare_mask, stack_context
-from .transforms import augment_sample, augmentations, crop_transforms
+from .transforms import augment_sample, augmentations, crop_transforms, fill_missing_sequences
 from .viz import plot_curves
 
-METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"]
+METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds",
+                 "cpu_seconds"]
 
 
 @dataclass
@@ -89,10 +90,12 @@ class CropDataset(Dataset):
         pool = self.tumour_slices if on_tumour else self.all_slices
         c, s = pool[rng.integers(len(pool))]
         case = self.cases[c]
-        sample = {"image": context_slice(case.volume, s, self.cfg.data.context),
-                  "label": case.mask[s][None].astype(np.float32)}
-        out = augment_sample(sample, self.crops, self.augment, on_tumour,
-                             int(rng.integers(2**31)))
+        seed = int(rng.integers(2**31))
+        image = context_slice(case.volume, s, self.cfg.data.context)
+        if self.cfg.data.channels == "rgb":
+            image = fill_missing_sequences(image, self.cfg.augment.missing_sequence, rng)
+        sample = {"image": image, "label": case.mask[s][None].astype(np.float32)}
+        out = augment_sample(sample, self.crops, self.augment, on_tumour, seed)
         return torch.from_numpy(out["image"]), torch.from_numpy(out["label"])
 
 
@@ -100,7 +103,7 @@ def lr_factor(step: int, total: int, warmup: int, time_used: float = 0.0) -> flo
     """Linear warm-up over `warmup` steps, then cosine decay to 1% of the base rate.
 
     Progress is the larger of the step fraction and `time_used`, the fraction of the
-    wall-clock budget spent, so a run cut short by `train.max_minutes` still anneals
+    time budget spent, so a run cut short by `train.max_minutes` still anneals
     (on a CPU the time budget, not the epoch count, is usually what ends a run).
     """
     if step < warmup:
@@ -270,7 +273,7 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     # [stop flag, fraction of the time budget used]: decided on rank 0, shared with all ranks
     control = torch.tensor([0.0, elapsed / budget if budget else 0.0])
     for epoch in range(start_epoch, cfg.train.max_epochs + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         train_set.epoch = epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -295,11 +298,11 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
             bar.set_postfix(loss=f"{running / step:.4f}")
         if rank == 0:
             val = validate(model, val_set, cfg, loss_fn)
-            elapsed += time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            elapsed += cpu if cfg.train.budget_clock == "cpu" else wall
             row = {"epoch": epoch, "train_loss": round(running / steps_per_epoch, 5),
                    **{k: round(v, 5) for k, v in val.items()},
-                   "lr": f"{lr:.3g}",
-                   "seconds": round(time.perf_counter() - t0, 1)}
+                   "lr": f"{lr:.3g}", "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
             rows.append(row)
             write_metrics(run_dir / "metrics.csv", rows)
             plot_curves(rows, run_dir / "curves.png")

@@ -41,6 +41,25 @@ def augmentations(cfg: AugmentConfig) -> Compose:
     ])
 
 
+def fill_missing_sequences(image: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+    """With probability p, copy FLAIR over pre-contrast, post-contrast or both (1/3 each).
+
+    image: (3 * n, H, W), n slices of (pre-contrast, FLAIR, post-contrast), normalised.
+    This is how the Kaggle dataset fills a missing sequence; normalisation is per channel,
+    so copying the normalised FLAIR equals normalising a copied one. All n slices of a 2.5D
+    sample change alike, since a missing sequence is missing from the whole volume.
+    """
+    if image.shape[0] % 3 or rng.random() >= p:
+        return image
+    which = rng.integers(3)  # 0: pre-contrast, 1: post-contrast, 2: both
+    x = image.reshape(-1, 3, *image.shape[1:]).copy()
+    if which in (0, 2):
+        x[:, 0] = x[:, 1]
+    if which in (1, 2):
+        x[:, 2] = x[:, 1]
+    return x.reshape(image.shape)
+
+
 def crop_transforms(crop: int) -> tuple[RandCropByPosNegLabeld, RandSpatialCropd] | None:
     """(crop centred on a tumour pixel, crop anywhere); None when training on whole slices."""
     if crop <= 0:

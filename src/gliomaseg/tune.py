@@ -42,7 +42,8 @@ SQL_DIALECTS = ("sqlite", "postgresql", "mysql")
 # just a mirrored data set), rotate90 is uniform over the 4 turns at p = 0.75, and zoom
 # needs 1 - scale_range > 0. A base value above its cap is kept (strength 1 is identity).
 AUGMENT_CAPS = {"flip": 0.5, "rotate90": 0.75, "rotate": 1.0, "rotate_degrees": 180.0,
-                "scale": 1.0, "scale_range": 0.5, "intensity": 1.0, "intensity_range": 1.0}
+                "scale": 1.0, "scale_range": 0.5, "intensity": 1.0, "intensity_range": 1.0,
+                "missing_sequence": 0.5}
 
 SEARCHED_KEYS = frozenset(
     {"train.lr", "train.weight_decay", "train.dice_weight", "train.bce_weight",
@@ -85,6 +86,15 @@ def suggest(trial: optuna.trial.BaseTrial, base: Config) -> Config:
         model={"base_filters": max(2, round(base.model.base_filters * width)),
                "dropout": dropout},
         augment=scale_augment(base.augment, strength)))
+
+
+def base_params(base: Config) -> dict[str, float]:
+    """The search-space point that reproduces `base` itself (see `suggest`)."""
+    total = base.train.dice_weight + base.train.bce_weight
+    return {"lr": base.train.lr, "weight_decay": base.train.weight_decay, "width": 1.0,
+            "dropout": base.model.dropout,
+            "dice_share": base.train.dice_weight / total if total else 0.5,
+            "augment_strength": 1.0}
 
 
 def with_trial_budget(cfg: Config, minutes: float = DEFAULT_TRIAL_MINUTES) -> Config:
@@ -176,6 +186,8 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, base: Config,
     if "base_config" not in attrs:
         study.set_user_attr("base_config", json.loads(_comparable(base)))
         study.set_user_attr("val_cases", sorted(val_cases))
+        # Trial 0 trains the base config itself, so the search shows whether it beat it.
+        study.enqueue_trial(base_params(base))
         return study
     if attrs["base_config"] != json.loads(_comparable(base)):
         started = Config.from_dict(attrs["base_config"])  # missing machine keys: defaults
