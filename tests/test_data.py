@@ -10,6 +10,7 @@ from gliomaseg.data import (
     DataError,
     check_dataset,
     find_patients,
+    missing_sequences,
     read_image,
     read_mask,
     read_patient,
@@ -144,6 +145,17 @@ def test_summary_counts(synth_root):
     assert 0 < s["slices_with_tumour"] < 48
     assert s["tumour_pixels"] == sum(int(p.mask.sum()) for p in report.patients)
     assert sum(s["sites"].values()) == 4
+    assert s["missing_sequences"] == {}  # the phantoms have three distinct channels
+
+
+def test_missing_sequences_are_the_channels_equal_to_flair():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(2, 8, 8, 3), dtype=np.uint8)
+    assert missing_sequences(image) == []
+    image[..., 2] = image[..., 1]
+    assert missing_sequences(image) == ["post-contrast"]
+    image[..., 0] = image[..., 1]
+    assert missing_sequences(image) == ["pre-contrast", "post-contrast"]
 
 
 def test_site_of():

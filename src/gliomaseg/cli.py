@@ -55,10 +55,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         sites = ", ".join(f"{k} {v}" for k, v in s["sites"].items()) or "-"
         print(f"patients: {s['patients']}\nslices: {s['slices']}\n"
               f"slices with tumour: {s['slices_with_tumour']}\n"
-              f"tumour pixels: {s['tumour_pixels']}\nsites: {sites}")
+              f"tumour pixels: {s['tumour_pixels']}\nsites: {sites}\n"
+              f"patients missing a sequence (filled with FLAIR): {len(s['missing_sequences'])}")
         if args.verbose:
             for case, n in s["slices_per_patient"].items():
-                print(f"  {case}: {n} slices")
+                missing = s["missing_sequences"].get(case)
+                print(f"  {case}: {n} slices" + (f", no {' or '.join(missing)}" if missing else ""))
     for problem in report.problems:
         print(f"problem: {problem}", file=sys.stderr)
     if report.ok:

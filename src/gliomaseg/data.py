@@ -264,8 +264,20 @@ def check_dataset(root: Path, require_masks: bool = True) -> CheckReport:
     return CheckReport(patients=patients, problems=problems)
 
 
+def missing_sequences(image: np.ndarray) -> list[str]:
+    """Sequences of an (S, H, W, 3) volume that are copies of FLAIR, i.e. were missing.
+
+    The Kaggle data fills a missing pre- or post-contrast sequence with FLAIR; models
+    see such patients rarely (8 of the 81 development patients), so `check` lists them.
+    """
+    flair = image[..., 1]
+    return [name for c, name in ((0, "pre-contrast"), (2, "post-contrast"))
+            if np.array_equal(image[..., c], flair)]
+
+
 def summarize(patients: list[Patient]) -> dict:
-    """Counts for `gliomaseg check`: patients, slices, tumour slices and pixels, sites."""
+    """Counts for `gliomaseg check`: patients, slices, tumour slices and pixels, sites,
+    and the patients whose missing sequences were filled with FLAIR."""
     sites: dict[str, int] = {}
     for p in patients:
         sites[p.site] = sites.get(p.site, 0) + 1
@@ -279,6 +291,7 @@ def summarize(patients: list[Patient]) -> dict:
         "patients_with_masks": len(with_mask),
         "sites": dict(sorted(sites.items())),
         "slices_per_patient": {p.case: p.num_slices for p in patients},
+        "missing_sequences": {p.case: m for p in patients if (m := missing_sequences(p.image))},
     }
 
 
