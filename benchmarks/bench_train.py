@@ -7,8 +7,8 @@
 loading, interleaved in the same process so machine noise hits both alike:
   - reference: the dataset author's recipe as a plain loop - 32-filter U-Net,
     whole 256x256 slices, batch 16, fp32, NCHW, eager;
-  - default:   this project's recipe - Config() defaults (16 filters, 128 px crops
-    at native resolution, batch 32, bf16 autocast, channels-last), through the
+  - default:   this project's recipe - Config() defaults (8 filters, 2.5D, 128 px
+    crops at native resolution, batch 32, bf16 autocast, channels-last), through the
     real CropDataset and DataLoader.
 `budget`: validation PV-DSC reached by 15, 30 and 60 minutes of training, read
 from a run's metrics.csv (cumulative epoch seconds, validation included; CPU
@@ -73,7 +73,8 @@ def throughput(args: argparse.Namespace) -> None:
     cases = load_cases(data, list_cases(data)[: args.cases], default)
     recipes = {"reference (32 filters, 256 px, batch 16, fp32 NCHW)":
                (reference, ModelConfig(base_filters=32, dropout=0.0)),
-               "gliomaseg default (16 filters, 2.5D, 128 px crops, batch 32, bf16, channels-last)":
+               f"gliomaseg default ({default.model.base_filters} filters, 2.5D, 128 px crops, "
+               "batch 32, bf16, channels-last)":
                (default, default.model)}
     runs = {name: loop(cfg, cases, m, args.steps + 1) for name, (cfg, m) in recipes.items()}
     for gen in runs.values():

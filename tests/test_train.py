@@ -135,8 +135,8 @@ def test_killed_run_resumes_and_finishes(synth_root, tmp_path):
     log = (tmp_path / "stderr.txt").open("w")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not (run / "metrics.csv").exists():
-        time.sleep(0.2)  # wait until epoch 1 is written, then kill mid-way through epoch 2
+    while time.time() < deadline and not (run / "last.pt").exists():
+        time.sleep(0.2)  # wait until epoch 1 is checkpointed, then kill mid-way through epoch 2
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -150,6 +150,23 @@ def test_killed_run_resumes_and_finishes(synth_root, tmp_path):
     assert "resumed from" in (run / "train.log").read_text()
     model, _ = model_from_checkpoint(load_checkpoint(run / "best.pt"))
     assert not list(run.glob(".*.tmp"))  # no half-written checkpoint left behind
+
+
+def test_run_killed_before_its_first_checkpoint_starts_over(synth_root, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(*_train_args(synth_root, run, 1)).returncode == 0
+    for name in ("last.pt", "best.pt", "metrics.csv"):
+        (run / name).unlink()  # as if killed during epoch 1: run.json and config.json only
+    r = run_cli("train", "--resume", run)
+    assert r.returncode == 0, r.stderr
+    assert [int(row["epoch"]) for row in read_rows(run)] == [1]
+    saved = Config.from_dict(json.loads((run / "config.json").read_text()))
+    assert saved == TINY.replace(train={"max_epochs": 1, "patience": 100})  # its own, not defaults
+
+
+def test_resume_of_a_folder_that_holds_no_run(tmp_path):
+    r = run_cli("train", "--resume", tmp_path)
+    assert r.returncode == 2 and "nothing to resume" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from gliomaseg.data import list_cases
 from gliomaseg.tune import (
     AUGMENT_CAPS,
     SEARCHED_KEYS,
+    WIDTHS,
     TuneError,
     config_diff,
     make_objective,
@@ -55,7 +56,9 @@ def test_augment_strength_scales_every_augmentation_within_caps():
     assert set(off) == set(AUGMENT_CAPS) and all(v == 0 for v in off.values())
     strong, base = aug(2.0).augment, BASE.augment
     assert strong.rotate == 2 * base.rotate and strong.scale_range == 2 * base.scale_range
-    assert strong.flip == 0.5  # a flip more often than half the time adds no variety
+    frequent = BASE.replace(augment={"flip": 0.4})
+    strong = suggest(optuna.trial.FixedTrial({**PARAMS, "augment_strength": 2.0}), frequent)
+    assert strong.augment.flip == 0.5  # a flip more often than half the time adds no variety
 
 
 def test_sampled_configs_are_valid_and_in_range():
@@ -64,7 +67,7 @@ def test_sampled_configs_are_valid_and_in_range():
         cfg = suggest(study.ask(), Config())
         validate(cfg)
         assert 1e-4 <= cfg.train.lr <= 1e-2 and 0 <= cfg.model.dropout <= 0.3
-        assert cfg.model.base_filters in (8, 16, 24, 32)
+        assert cfg.model.base_filters in {round(Config().model.base_filters * w) for w in WIDTHS}
         assert cfg.train.dice_weight + cfg.train.bce_weight == pytest.approx(2.0)
         assert 0 <= cfg.augment.scale_range <= AUGMENT_CAPS["scale_range"]
 

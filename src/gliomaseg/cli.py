@@ -117,9 +117,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         saved = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() \
             else None
-        if saved is None or not (run_dir / "last.pt").is_file():
-            raise UsageError(f"{run_dir}: nothing to resume (no run.json/last.pt)")
+        if saved is None or not (run_dir / "config.json").is_file():
+            raise UsageError(f"{run_dir}: nothing to resume (no run.json/config.json)")
         data, train_cases, val_cases = Path(saved["data"]), saved["train"], saved["val"]
+        # Killed before its first checkpoint: start the same run over, with its own config.
+        cfg = load_config(run_dir / "config.json")
     else:
         if args.data is None or args.output is None:
             raise UsageError("train needs DATA and -o RUN_DIR (or --resume RUN_DIR)")
@@ -134,7 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .inference import bundled_model_path
 
         init = bundled_model_path()
-    result = train(data, run_dir, cfg, train_cases, val_cases, resume=bool(args.resume),
+    resume = bool(args.resume) and (run_dir / "last.pt").is_file()
+    result = train(data, run_dir, cfg, train_cases, val_cases, resume=resume,
                    use_cache=not args.no_cache, init=init)
     print(f"best validation PV-DSC {result['best_dice']:.4f} (epoch {result['best_epoch']}) "
           f"-> {run_dir / 'best.pt'}")

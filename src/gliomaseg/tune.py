@@ -81,8 +81,9 @@ def suggest(trial: optuna.trial.BaseTrial, base: Config) -> Config:
     strength = trial.suggest_float("augment_strength", 0.0, 2.0)
     total = base.train.dice_weight + base.train.bce_weight
     return validate(base.replace(
-        train={"lr": lr, "weight_decay": weight_decay, "dice_weight": total * dice_share,
-               "bce_weight": total * (1 - dice_share)},
+        # rounded so that trial 0 reproduces the base weights exactly, not to the last bit
+        train={"lr": lr, "weight_decay": weight_decay, "dice_weight": round(total * dice_share, 6),
+               "bce_weight": round(total * (1 - dice_share), 6)},
         model={"base_filters": max(2, round(base.model.base_filters * width)),
                "dropout": dropout},
         augment=scale_augment(base.augment, strength)))
