@@ -21,7 +21,7 @@ SHARED_LGG = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg"
 # Small settings for tests: 64-pixel model grid, 8-filter U-Net, 30 steps (reaches val
 # PV-DSC ~0.9 on the phantoms in a few seconds on 2 cores).
 TINY = Config().replace(
-    data={"size": 64, "context": 0},  # 2D keeps tests fast; 2.5D has tests of its own
+    data={"size": 64, "context": 0, "channels": "rgb"},  # 2D keeps tests fast; 2.5D has its own
     model={"base_filters": 8, "depth": 3},
     train={"crop": 32, "batch_size": 8, "steps_per_epoch": 10, "max_epochs": 3,
            "warmup_epochs": 0, "bf16": False, "lr": 1e-2},

@@ -28,9 +28,10 @@ def test_types_are_checked():
 def test_overrides_and_file(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"model": {"base_filters": 8}}))
-    cfg = load_config(path, ["train.lr=0.01", "data.channels=flair"])
-    assert (cfg.model.base_filters, cfg.train.lr, cfg.data.channels) == (8, 0.01, "flair")
-    assert cfg.data.in_channels == 2 * Config().data.context + 1  # FLAIR of each context slice
+    path.write_text(json.dumps({"model": {"base_filters": 12}}))
+    cfg = load_config(path, ["train.lr=0.01", "data.channels=rgb"])
+    assert (cfg.model.base_filters, cfg.train.lr, cfg.data.channels) == (12, 0.01, "rgb")
+    assert cfg.data.in_channels == 3 * (2 * Config().data.context + 1)  # 3 sequences per slice
     assert cfg.train.batch_size == Config().train.batch_size
 
 
@@ -43,5 +44,5 @@ def test_bad_overrides(override):
 
 
 def test_in_channels_counts_context():
-    assert Config().replace(data={"context": 2}).data.in_channels == 15
+    assert Config().replace(data={"context": 2, "channels": "rgb"}).data.in_channels == 15
     assert Config().replace(data={"context": 1, "channels": "flair"}).data.in_channels == 3

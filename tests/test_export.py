@@ -153,7 +153,8 @@ def test_onnx_load_errors(onnx_model, tmp_path):
 
 def test_context_model_exports_all_channels(tmp_path):
     """A 2.5D model (context 1) takes 9 named channels; parity holds for it too."""
-    cfg = Config().replace(data={"size": 32, "context": 1}, model={"base_filters": 4, "depth": 2})
+    cfg = Config().replace(data={"size": 32, "context": 1, "channels": "rgb"},
+                           model={"base_filters": 4, "depth": 2})
     torch.manual_seed(0)
     net = build_model(cfg.data.in_channels, cfg.model).eval()
     ckpt = tmp_path / "ctx.pt"

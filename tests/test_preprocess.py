@@ -52,7 +52,7 @@ def test_black_volume_does_not_divide_by_zero():
 
 def test_resize_and_context_shapes():
     img = volume(size=48)
-    x = prepare_volume(img, DataConfig(size=32, context=1))
+    x = prepare_volume(img, DataConfig(size=32, context=1, channels="rgb"))
     assert x.shape == (5, 9, 32, 32) and x.dtype == np.float32
     assert prepare_mask(np.ones((5, 48, 48), np.uint8), 32).shape == (5, 1, 32, 32)
 
@@ -68,7 +68,7 @@ def test_context_stacks_neighbours_and_repeats_edges():
 
 def test_cache_returns_identical_data_and_is_keyed_by_config(synth_root):
     p = read_patient(next(synth_root.glob("TCGA_*")))
-    cfg = DataConfig(size=64)
+    cfg = DataConfig(size=64, channels="rgb")
     first = cached_volume(p, cfg)
     files = list((cache_dir() / "preprocessed").rglob("*.npy"))
     second = cached_volume(p, cfg)
@@ -76,5 +76,5 @@ def test_cache_returns_identical_data_and_is_keyed_by_config(synth_root):
     np.testing.assert_array_equal(first, second)
     cached_volume(p, DataConfig(size=64, channels="flair"))
     assert len(list((cache_dir() / "preprocessed").rglob("*.npy"))) == len(files) + 1
-    cached_volume(p, DataConfig(size=64, context=2))  # context is stacked later: same entry
+    cached_volume(p, DataConfig(size=64, context=2, channels="rgb"))  # context: stacked later
     assert len(list((cache_dir() / "preprocessed").rglob("*.npy"))) == len(files) + 1

@@ -19,7 +19,9 @@ CHANNEL_NAMES = ("pre-contrast", "FLAIR", "post-contrast")
 
 @dataclass(frozen=True)
 class DataConfig:
-    channels: Literal["rgb", "flair"] = "rgb"  # "flair": FLAIR only (grayscale input)
+    # "flair": FLAIR only (grayscale input), "rgb": all three sequences. FLAIR won at 30 and
+    # 60 CPU minutes (README) and does not depend on sequences some patients lack.
+    channels: Literal["rgb", "flair"] = "flair"
     size: int = 256  # model grid in pixels; slices are resized to size x size
     context: int = 1  # 2.5D: neighbouring slices on each side (0 = plain 2D); 1 won (README)
     clip_percentiles: tuple[float, float] = (0.5, 99.5)  # per volume and channel, over the brain
