@@ -32,7 +32,7 @@ class DemoPlan:
 
 # About a minute of training on 2 cores: an 8-filter U-Net on a 128-pixel grid (the 256-pixel
 # slices are downsampled; metrics are on the native grid), 80 steps of 16 crops. Validation
-# PV-DSC passes 0.9 by the fourth epoch. fp32, so any CPU runs it at a similar speed.
+# PV-DSC passes 0.9 by the fifth epoch. fp32, so any CPU runs it at a similar speed.
 FULL = DemoPlan(train=8, val=2, test=4, slices=20, size=256, cfg=Config().replace(
     data={"size": 128},
     model={"base_filters": 8, "depth": 3, "dropout": 0.0},
