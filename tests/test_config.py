@@ -27,7 +27,6 @@ def test_types_are_checked():
 
 def test_overrides_and_file(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"model": {"base_filters": 8}}))
     path.write_text(json.dumps({"model": {"base_filters": 12}}))
     cfg = load_config(path, ["train.lr=0.01", "data.channels=rgb"])
     assert (cfg.model.base_filters, cfg.train.lr, cfg.data.channels) == (12, 0.01, "rgb")

@@ -112,7 +112,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import list_cases
     from .train import choose_val_cases, train
 
-    cfg = load_config(args.config, _overrides(args))
     if args.resume:
         run_dir = args.resume
         saved = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() \
@@ -120,11 +119,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if saved is None or not (run_dir / "config.json").is_file():
             raise UsageError(f"{run_dir}: nothing to resume (no run.json/config.json)")
         data, train_cases, val_cases = Path(saved["data"]), saved["train"], saved["val"]
-        # Killed before its first checkpoint: start the same run over, with its own config.
+        # The run's own config; a run killed before its first checkpoint restarts with it.
         cfg = load_config(run_dir / "config.json")
     else:
         if args.data is None or args.output is None:
             raise UsageError("train needs DATA and -o RUN_DIR (or --resume RUN_DIR)")
+        cfg = load_config(args.config, _overrides(args))
         run_dir, data = ensure_output(args.output, args.overwrite, [args.data]), args.data
         cases = list_cases(data)
         val_cases = choose_val_cases(cases, cfg, args.splits, args.val_fold, args.val_cases)
