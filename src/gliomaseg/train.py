@@ -337,6 +337,9 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         if control[0] > 0:
             break
     if world > 1:
+        # Tear down together: a rank that destroys the group while its peer is still
+        # talking to it can abort the peer under load ("terminate called ...").
+        dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
         log(f"best validation PV-DSC {best:.4f} at epoch {best_epoch}; checkpoint {best_path}")
