@@ -1,6 +1,7 @@
 """The CLI as a user meets it: help, version, check, split, synth, download, and bad input."""
 
 import json
+import subprocess
 import sys
 import types
 
@@ -50,6 +51,17 @@ def test_check_lists_every_problem_one_line_each(synth_root, tmp_path):
     problems = [line for line in r.stderr.splitlines() if line.startswith("problem:")]
     assert len(problems) == 2 and "Traceback" not in r.stderr
     assert f"{cases[0].name}_1.tif" in r.stderr and "no mask" in r.stderr
+
+
+@pytest.mark.parametrize("verb", ["predict", "evaluate", "train", "split"])
+def test_a_missing_input_path_fails_before_torch_is_imported(tmp_path, verb):
+    """A typo'd path should not cost the seconds of importing torch."""
+    argv = [verb, str(tmp_path / "nope"), "-o", str(tmp_path / "o")]
+    code = ("import sys; from gliomaseg.cli import main; "
+            f"code = main({argv!r}); print(code, 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["2", "False"], r.stderr
+    assert r.stderr.strip() == f"gliomaseg {verb}: error: {tmp_path / 'nope'}: no such file or directory"
 
 
 @pytest.mark.parametrize("target", ["missing", "empty"])

@@ -17,7 +17,9 @@ from gliomaseg.data import DataError, list_cases
 from gliomaseg.evaluate import (
     VARIANT_MIN_SIZE,
     aggregate,
+    by_fold,
     chosen_post,
+    cross_validate,
     evaluate,
     gallery_cases,
     gallery_slices,
@@ -347,3 +349,67 @@ def test_cli_evaluate_without_bundled_model_says_how_to_get_one(synth_root, tmp_
     assert main(["evaluate", str(synth_root), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "no bundled model" in err and "--model" in err and len(err.strip().splitlines()) == 1
+
+
+# --- cross-validation --------------------------------------------------------------------------
+
+def _fold_runs(tiny_run, tmp_path, vals: list[list[str]]) -> list:
+    """One run folder per fold: the tiny model, with its own validation patients in run.json."""
+    runs = []
+    for i, val in enumerate(vals):
+        run = tmp_path / f"fold{i}"
+        run.mkdir()
+        shutil.copy(tiny_run / "best.pt", run / "best.pt")
+        (run / "run.json").write_text(json.dumps({"train": [], "val": val}))
+        runs.append(run)
+    return runs
+
+
+def test_cross_validate_scores_each_patient_with_its_own_fold(synth_root, tiny_run, tmp_path):
+    cases = list_cases(synth_root)
+    runs = _fold_runs(tiny_run, tmp_path, [cases[2:], cases[:2]])
+    models = [load_for_evaluation(r / "best.pt") for r in runs]
+    post = [m.cfg.post for m in models]
+    ev = cross_validate(synth_root, models, post, variants=False)
+    assert [r.case for r in ev.cases] == cases[2:] + cases[:2]
+    alone = evaluate(synth_root, models[1].logits_fn, models[1].cfg, cases=cases[:2],
+                     variants=False)
+    assert [r.dice for r in ev.cases[2:]] == [r.dice for r in alone.cases]
+    rows = by_fold(ev.cases, ev.folds)
+    assert [(r["fold"], r["patients"], r["model"]) for r in rows] == [
+        (0, 2, str(runs[0] / "best.pt")), (1, 2, str(runs[1] / "best.pt"))]
+    assert rows[1]["dice_mean"] == pytest.approx(np.nanmean([r.dice for r in alone.cases]))
+
+
+def test_cross_validate_refuses_overlap_missing_folds_and_mixed_post(synth_root, tiny_run,
+                                                                     tmp_path):
+    cases = list_cases(synth_root)
+    runs = _fold_runs(tiny_run, tmp_path, [cases[:2], cases[1:], []])
+    models = [load_for_evaluation(r / "best.pt") for r in runs]
+    post = models[0].cfg.post
+    with pytest.raises(DataError, match=f"{cases[1]} is a validation patient of both"):
+        cross_validate(synth_root, models[:2], [post, post])
+    with pytest.raises(DataError, match="no validation patients"):
+        cross_validate(synth_root, [models[0], models[2]], [post, post])
+    with pytest.raises(DataError, match="disagree on post-processing"):
+        cross_validate(synth_root, models[:2], [post, PostConfig(tta=not post.tta)])
+
+
+def test_cli_evaluate_cv_writes_the_fold_table(synth_root, tiny_run, tmp_path):
+    cases = list_cases(synth_root)
+    runs = _fold_runs(tiny_run, tmp_path, [cases[:1], cases[1:]])
+    out = tmp_path / "cv"
+    res = run_cli("evaluate", synth_root, "-o", out, "--cv", *runs, "--no-variants")
+    assert res.returncode == 0, res.stderr
+    assert "fold 0: 1 patients" in res.stdout and "fold 1: 3 patients" in res.stdout
+    summary = strict_json((out / "summary.json").read_text())
+    assert [f["patients"] for f in summary["folds"]] == [1, 3]
+    assert sorted(r["case"] for r in summary["per_case"]) == sorted(cases)
+    assert summary["model"] == {}  # no single model: no "not a held-out test" warning
+    page = (out / "report.html").read_text()
+    assert "Cross-validation folds" in page and "Not a held-out test" not in page
+
+    bad = run_cli("evaluate", synth_root, "-o", tmp_path / "bad", "--cv", *runs,
+                  "--model", runs[0] / "best.pt")
+    assert bad.returncode == 2 and "--cv takes one training run per fold" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -173,8 +173,9 @@ def test_resume_of_a_folder_that_holds_no_run(tmp_path):
 def test_two_process_ddp_on_gloo(synth_root, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "gliomaseg.cli",
+    # --standalone: a local rendezvous on a free port, so parallel runs cannot collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gliomaseg.cli",
            *map(str, _train_args(synth_root, run, 2))]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
                        stdin=subprocess.DEVNULL)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data import DataError
 
@@ -23,7 +22,16 @@ class UsageError(ValueError):
     """A request the CLI refuses (e.g. overwriting results without --overwrite)."""
 
 
-EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, UsageError)
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors that become one line and exit 2.
+
+    CheckpointError lives beside torch; importing it here would make every CLI start,
+    even a typo'd path, pay seconds for torch. It can only be raised once its module is
+    loaded, so it is looked up at failure time.
+    """
+    checkpoint = sys.modules.get(f"{__package__}.checkpoint")
+    return (DataError, ConfigError, UsageError,
+            *([checkpoint.CheckpointError] if checkpoint else []))
 
 
 def _fmt(text: str) -> str:
@@ -308,25 +316,37 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --- evaluate ----------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import chosen_post, evaluate, load_for_evaluation
+    from .evaluate import chosen_post, cross_validate, evaluate, load_for_evaluation
     from .nifti import is_nifti
     from .report import write_report
 
     if args.batch_size < 1 or (args.min_size is not None and args.min_size < 0):
         raise UsageError("--batch-size must be >= 1 and --min-size >= 0")
+    if args.cv and (args.model or args.cases or args.backend != "torch"):
+        raise UsageError("--cv takes one training run per fold; it replaces --model and --cases "
+                         "(each fold scores its own validation patients) and needs --backend torch")
     inputs = [args.data.parent if is_nifti(args.data) else args.data]
     inputs += [args.labels.parent] if args.labels is not None else []
     out = ensure_output(args.output, args.overwrite, inputs)
-    model = load_for_evaluation(args.model, backend=args.backend, fp32=not args.as_validated)
-    post = chosen_post(model.cfg.post, tta=args.tta, largest_component=args.largest_component,
-                       min_size=args.min_size)
-    ev = evaluate(args.data, model.logits_fn, model.cfg, post=post, cases=args.cases,
-                  variants=not args.no_variants, batch_size=args.batch_size, progress=True,
-                  settings={"precision": model.info["precision"], "backend": args.backend},
-                  labels=args.labels)
-    s = write_report(out, ev, model)
+    models = [load_for_evaluation(run / "best.pt" if run.is_dir() else run,
+                                  fp32=not args.as_validated) for run in args.cv or []]
+    model = models[0] if models else load_for_evaluation(args.model, backend=args.backend,
+                                                          fp32=not args.as_validated)
+    posts = [chosen_post(m.cfg.post, tta=args.tta, largest_component=args.largest_component,
+                         min_size=args.min_size) for m in models or [model]]
+    common = {"variants": not args.no_variants, "batch_size": args.batch_size, "progress": True,
+              "settings": {"precision": model.info["precision"], "backend": args.backend}}
+    if models:
+        ev = cross_validate(args.data, models, posts, **common)
+    else:
+        ev = evaluate(args.data, model.logits_fn, model.cfg, post=posts[0], cases=args.cases,
+                      labels=args.labels, **common)
+    s = write_report(out, ev, None if models else model)
     a, t = s["aggregate"], s["timing"]
     ci = a["dice_ci95"]
+    for f in s["folds"]:
+        print(f"fold {f['fold']}: {f['patients']} patients, mean PV-DSC {_num(f['dice_mean'])}, "
+              f"median {_num(f['dice_median'])} ({f['model']})")
     print(f"{a['cases']} patients: mean PV-DSC {_num(a['dice_mean'])} "
           f"(95% CI {_num(ci[0])}-{_num(ci[1])}), median {_num(a['dice_median'])}, "
           f"mean IoU {_num(a['iou_mean'])}, median HD95 {_num(a['hd95_median'], 1)} voxels")
@@ -546,6 +566,7 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
   gliomaseg evaluate ~/data/kaggle_3m -o eval_r1 --model runs/r1/best.pt --tta --largest-component
   gliomaseg evaluate ~/data/kaggle_3m -o eval_quick --cases TCGA_CS_4941_19960909 --no-variants
   gliomaseg evaluate ~/data/kaggle_3m -o eval_onnx --model model.onnx --backend onnx
+  gliomaseg evaluate ~/data/kaggle_3m -o eval_cv --cv runs/fold0 runs/fold1 runs/fold2
   gliomaseg evaluate ~/brats/BraTS2021_00000/BraTS2021_00000_flair.nii.gz -o eval_brats
   gliomaseg evaluate ~/scans/p1_flair.nii.gz --labels ~/scans/p1_tumour.nii.gz -o eval_p1
 
@@ -565,6 +586,10 @@ HD95 and volumes are in voxels, as for the Kaggle data.""")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--cases", nargs="+", help="only these patient folders of DATA")
+    p.add_argument("--cv", nargs="+", type=Path, metavar="RUN",
+                   help="cross-validation: one training run folder (or its best.pt) per fold; "
+                        "each scores the validation patients in its run.json, and the report "
+                        "pools them with a per-fold table")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average with the left-right flip (default: the model's setting)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
@@ -595,12 +620,21 @@ HD95 and volumes are in voxels, as for the Kaggle data.""")
     return parser
 
 
+def check_input_paths(args: argparse.Namespace) -> None:
+    """A missing DATA/INPUT fails at once, before the verb spends seconds importing torch."""
+    for name in ("data", "input"):
+        path = getattr(args, name, None)
+        if isinstance(path, Path) and not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_input_paths(args)
         return args.func(args)
-    except EXPECTED_ERRORS as exc:
+    except expected_errors() as exc:
         print(f"gliomaseg {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -85,6 +85,7 @@ class Evaluation:
     cases: list[CaseResult]
     seconds: float
     settings: dict = field(default_factory=dict)  # batch size, precision, threads
+    folds: list[dict] = field(default_factory=list)  # cross-validation: model and cases per fold
 
 
 def standard_variants(post: PostConfig) -> list[Variant]:
@@ -212,6 +213,51 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
                 **(settings or {})}
     return Evaluation(data=Path(data), cfg=cfg, post=post, variants=variant_list, cases=results,
                       seconds=time.perf_counter() - start, settings=settings)
+
+
+def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig],
+                   variants: bool = True, batch_size: int = 16, progress: bool = False,
+                   settings: dict | None = None) -> Evaluation:
+    """Score each fold's model on its own validation patients (its run.json) and pool them.
+
+    The pooled per-patient scores are the cross-validation estimate: every patient is
+    scored by the one model that never trained on it, and a fold mean of 16 patients is
+    too noisy to judge a recipe alone. `post[i]` is fold i's post-processing; the folds
+    of one recipe must agree on it, so the pooled variants table compares like with like.
+    """
+    if len(set(post)) > 1:
+        raise DataError("the fold models disagree on post-processing; pass --tta/"
+                        "--largest-component/--min-size to set it for all of them")
+    seen: dict[str, str] = {}
+    for m in models:
+        path = m.info["path"]
+        if not m.val_cases:
+            raise DataError(f"{path}: no validation patients (a run.json beside it from "
+                            "'gliomaseg train'); cross-validation needs one run folder per fold")
+        for case in m.val_cases:
+            if case in seen:
+                raise DataError(f"{case} is a validation patient of both {seen[case]} and "
+                                f"{path}; folds must not overlap")
+            seen[case] = path
+    parts = [evaluate(data, m.logits_fn, m.cfg, post=post[0], cases=m.val_cases,
+                      variants=variants, batch_size=batch_size, progress=progress,
+                      settings=settings) for m in models]
+    return replace(parts[0], cases=[r for ev in parts for r in ev.cases],
+                   seconds=sum(ev.seconds for ev in parts),
+                   folds=[{"model": m.info["path"], "cases": list(m.val_cases)} for m in models])
+
+
+def by_fold(results: list[CaseResult], folds: list[dict]) -> list[dict]:
+    """PV-DSC and IoU mean/median/n per cross-validation fold, in fold order."""
+    scores = {r.case: r.scores for r in results}
+    rows = []
+    for i, fold in enumerate(folds):
+        dice = metrics.summarize([scores[c]["dice"] for c in fold["cases"]])
+        iou = metrics.summarize([scores[c]["iou"] for c in fold["cases"]])
+        rows.append({"fold": i, "model": fold["model"], "patients": len(fold["cases"]),
+                     "dice_mean": dice["mean"], "dice_median": dice["median"],
+                     "dice_n": dice["n"], "dice_ci95": dice["ci95"], "iou_mean": iou["mean"]})
+    return rows
 
 
 # --- aggregation (pure) ------------------------------------------------------------------------

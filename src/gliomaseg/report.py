@@ -25,6 +25,7 @@ from .evaluate import (
     Evaluation,
     LoadedModel,
     aggregate,
+    by_fold,
     by_site,
     gallery_cases,
     gallery_slices,
@@ -88,6 +89,7 @@ def build_summary(ev: Evaluation, model: LoadedModel | None = None) -> dict:
         "per_case": per_case_rows(ev),
         "slice_level": slice_level(ev.cases),
         "by_site": by_site(ev.cases),
+        "folds": by_fold(ev.cases, ev.folds),
         "variants": variant_table(ev.cases, ev.variants, ev.post),
         "model": model_info,
         "config": {"data": str(ev.data), "cases": names, "post": dataclasses.asdict(ev.post),
@@ -297,6 +299,20 @@ def _variants_table(rows: list[dict]) -> str:
             "not on the patients you report.</p>")
 
 
+def _fold_table(folds: list[dict]) -> str:
+    if not folds:
+        return ""
+    body = "".join(
+        f"<tr><td>{f['fold']}</td><td><code>{html.escape(f['model'])}</code></td>"
+        f"<td>{f['patients']}</td><td>{_fmt(f['dice_mean'])}</td><td>{_fmt(f['dice_median'])}"
+        f"</td><td>{_ci(f['dice_ci95'])}</td><td>{_fmt(f['iou_mean'])}</td></tr>" for f in folds)
+    return ("<section><h2>Cross-validation folds</h2><table><thead><tr><th>fold</th>"
+            "<th>model</th><th>validation patients</th><th>mean PV-DSC</th>"
+            "<th>median PV-DSC</th><th>95% CI</th><th>mean IoU</th></tr></thead>"
+            f"<tbody>{body}</tbody></table><p class=\"note\">Each fold's model scores only its "
+            "own validation patients; the numbers above pool all of them.</p></section>")
+
+
 def _site_table(sites: dict) -> str:
     body = "".join(
         f"<tr><td>{html.escape(site)}</td><td>{v['patients']}</td><td>{_fmt(v['dice_mean'])}</td>"
@@ -369,6 +385,9 @@ def render_html(s: dict, figs: dict) -> str:
                           + ([f"min size {post['min_size']} voxels"] if post["min_size"] else [])
                           + (["fill holes"] if post["fill_holes"] else []))
     model_text = f"<code>{html.escape(m.get('path', 'unknown model'))}</code>"
+    if s["folds"]:
+        model_text = (f"{len(s['folds'])} fold models (cross-validation: each patient scored "
+                      "by the model that did not train on it)")
     if m.get("epoch") is not None:
         model_text += f" (epoch {m['epoch']}, validation PV-DSC {_fmt(m.get('best_val_dice'))})"
     curves = (f"<section><h2>Training curves</h2>{_img(figs['curves'], 'training curves')}"
@@ -397,6 +416,7 @@ decisions. Scores describe these patients and this model only.</div>
 {_warnings(s)}
 {_cards(s)}
 <section><h2>Aggregate metrics</h2>{_aggregate_table(a)}</section>
+{_fold_table(s['folds'])}
 <section><h2>Post-processing and test-time augmentation</h2>{_variants_table(s['variants'])}
 </section>
 <section><h2>Dice per patient</h2><div class="split">
