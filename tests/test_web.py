@@ -26,6 +26,7 @@ from PIL import Image
 from gliomaseg.data import read_image, read_patient
 from gliomaseg.inference import load_model
 from gliomaseg.metrics import confusion, dice
+from gliomaseg.nifti import read_nifti
 from gliomaseg.web import UploadLimits, WebSettings, create_app
 from gliomaseg.web.app import _sweep_dirs
 from gliomaseg.web.uploads import UploadError, extract, plan_zip, unsafe_reason
@@ -247,6 +248,56 @@ def test_single_slice(client, segmenter, patient_dir, fmt, name):
 def test_no_filename_needed(client, patient_dir):
     """curl --data-binary without ?filename: the content decides."""
     assert post(client, patient_zip(patient_dir), filename=None).status_code == 201
+
+
+def nifti_bytes(patient_dir: Path, zooms=(0.9, 0.8, 3.0), gz: bool = True) -> bytes:
+    """The patient as an (X, Y, Z, 3) NIfTI (pre-contrast, FLAIR, post-contrast) with a voxel size."""
+    data = read_patient(patient_dir).image.transpose(1, 2, 0, 3).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
+    img.header.set_xyzt_units("mm")
+    raw = img.to_bytes()
+    return gzip.compress(raw) if gz else raw
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_nifti_volume_end_to_end(client, segmenter, patient_dir, tmp_path, gz):
+    body = nifti_bytes(patient_dir, gz=gz)
+    name = "BraTS_00001_flair.nii" + (".gz" if gz else "")
+    response = post(client, body, filename=name)
+    assert response.status_code == 201, response.text
+    r = response.json()
+    src = tmp_path / name
+    src.write_bytes(body)
+    volume = read_nifti(src)
+    expected = segmenter.predict(volume.patient.image).mask
+    assert r["case"] == "BraTS_00001_flair" and r["has_truth"] is False
+    assert r["slices"] == expected.shape[0] and r["slice_numbers"] == volume.patient.slice_numbers
+    assert r["volume_voxels"] == int(expected.sum()) > 0
+    # spacing from the header: areas exact with the geometric mean of 0.9 and 0.8 mm
+    assert r["volume_mm3"] == pytest.approx(expected.sum() * 0.9 * 0.8 * 3.0, rel=1e-3)
+    # the mask download lies on the upload's grid, with its affine
+    nii = client.get(r["links"]["nifti"])
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(nii.content))
+    np.testing.assert_array_equal(np.asarray(img.dataobj), volume.to_input(expected))
+    np.testing.assert_allclose(img.affine, np.diag([0.9, 0.8, 3.0, 1.0]))
+
+
+def test_hostile_nifti_uploads(make_client, patient_dir):
+    client = make_client(limits=UploadLimits(max_uncompressed=2 << 20, max_voxels=100_000))
+    assert_refused(post(client, gzip.compress(b"\0" * (4 << 20)), filename="bomb.nii.gz"), 413,
+                   "unpacks to more than 2 MB")
+    body = nifti_bytes(patient_dir)  # 12 slices of 128x128 (1.2 MB unpacked): 196k voxels
+    assert_refused(post(client, body, filename="big.nii.gz"), 413, "128x128x12", "limits")
+    assert_refused(post(client, body[: len(body) // 2], filename="cut.nii.gz"), 422,
+                   "damaged or incomplete")
+    detail = assert_refused(post(client, gzip.compress(b"not a nifti header " * 40),
+                                 filename="junk.nii.gz"), 422, "junk.nii.gz", "not a readable NIfTI")
+    assert "volume.nii" not in detail  # our private file name never leaks
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 300))  # a header alone that claims 4.8 G voxels
+    assert_refused(post(client, header.binaryblock + b"\0" * 4, filename="huge.nii"), 413,
+                   "4000x4000x300")
+    assert_refused(post(client, body, filename="scan.tar.gz"), 422, "wrong file type")
 
 
 def test_results_expire_and_can_be_deleted(make_client, patient_dir):

@@ -229,3 +229,28 @@ def test_page_shows_server_limits_as_messages(server, page, tmp_path):
     page.wait_for_function(
         "() => document.getElementById('error').textContent.includes('no slice images')")
     assert page.locator("#numbers-card").is_hidden()
+
+
+def test_nifti_upload_uses_the_header_spacing(server, page, synth_root, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from gliomaseg.data import read_patient
+
+    url, gated = server
+    gated.release.set()
+    folder = sorted(p for p in synth_root.iterdir() if p.is_dir())[1]
+    data = read_patient(folder).image.transpose(1, 2, 0, 3).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.5, 1.0]))
+    img.header.set_xyzt_units("mm")
+    path = tmp_path / "scan_flair.nii.gz"
+    nib.save(img, str(path))
+    page.goto(url)
+    page.wait_for_function("() => document.getElementById('limits').textContent.length > 0")
+    page.set_input_files("#file", str(path))  # the page accepts the double suffix
+    page.locator("#numbers-card").wait_for(state="visible", timeout=60_000)
+    api = httpx.get(f"{url}/api/results/{page.evaluate('() => state.result.id')}").json()
+    assert page.locator("#case").inner_text() == "scan_flair"
+    assert api["volume_mm3"] == api["volume_voxels"] * 2.5
+    assert "cm³" in page.locator("#volume").inner_text()
+    assert page.locator("#error").is_hidden()

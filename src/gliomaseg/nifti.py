@@ -154,6 +154,14 @@ def _load(path: Path) -> nib.Nifti1Image:
     return img
 
 
+def header_shape(path: Path | str) -> tuple[int, ...]:
+    """The shape the header declares, unchecked; no voxel data is read.
+
+    For limits stricter than this module's, checked before `read_nifti` reads the voxels.
+    """
+    return tuple(int(n) for n in _load(Path(path)).shape)
+
+
 def _reason(path: Path, what: str, exc: Exception) -> str:
     detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"{path}: {what} ({detail})"

@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..data import DataError
+from ..nifti import channel_note
 from . import results as res
 from .uploads import UploadError, UploadLimits, read_upload, receive, too_large
 
@@ -196,7 +197,8 @@ def create_app(segmenter_or_loader: Any, settings: WebSettings | None = None,
         return {**asdict(limits), "result_ttl": settings.result_ttl, "notice": res.NOTICE}
 
     @app.post("/api/uploads", status_code=201, openapi_extra=RAW_BODY,
-              summary="upload one slice (.tif/.png) or a zipped patient folder; segment it",
+              summary="upload one slice (.tif/.png), a zipped patient folder or a NIfTI volume "
+                      "(.nii/.nii.gz); segment it",
               description="Send the file as the raw request body, e.g. `curl --data-binary "
                           "@patient.zip 'http://127.0.0.1:8000/api/uploads?filename=patient.zip'`."
                           " Returns the result id and its statistics.")
@@ -222,10 +224,15 @@ def create_app(segmenter_or_loader: Any, settings: WebSettings | None = None,
         except Busy:
             raise HTTPException(503, "The server is busy segmenting other scans. "
                                      "Try again in a minute.") from None
+        notes = list(up.notes)
+        if up.volume is not None:  # the header knows the voxel size; the user's values win
+            header_pixel, header_slice = res.header_spacing(up.volume)
+            pixel_mm, slice_mm = pixel_mm or header_pixel, slice_mm or header_slice
+            notes += filter(None, [channel_note(up.volume, s.segmenter.cfg.data)])
         result = res.Result(id=res.new_id(), case=up.case, image=up.image, mask=prediction.mask,
                             truth=up.truth, slice_numbers=up.slice_numbers,
                             seconds=prediction.seconds, pixel_mm=pixel_mm,
-                            slice_mm=slice_mm, notes=up.notes)
+                            slice_mm=slice_mm, notes=notes, volume=up.volume)
         s.store.add(result)
         return summary(request, result)
 

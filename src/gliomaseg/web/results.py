@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ..data import write_slice
 from ..metrics import confusion, dice, slice_counts
+from ..nifti import NiftiVolume, write_mask
 
 NOTICE = "Research use only. Not a medical device; not for diagnosis or treatment decisions."
 CHANNELS = {"pre": 0, "flair": 1, "post": 2}  # Kaggle RGB order: pre-contrast, FLAIR, post
@@ -32,7 +33,10 @@ TRUTH_RGB = (64, 224, 160)
 
 @dataclass
 class Result:
-    """image (S, H, W, 3) uint8; mask and truth (S, H, W) uint8 {0,1}; spacing in mm or None."""
+    """image (S, H, W, 3) uint8; mask and truth (S, H, W) uint8 {0,1}; spacing in mm or None.
+
+    volume: the NIfTI upload's header and orientation, so its mask download lands on its grid.
+    """
 
     id: str
     case: str
@@ -45,6 +49,7 @@ class Result:
     slice_mm: float | None = None
     notes: list[str] = field(default_factory=list)
     created: float = 0.0
+    volume: NiftiVolume | None = None
 
     @property
     def num_slices(self) -> int:
@@ -134,17 +139,27 @@ def masks_zip(r: Result) -> bytes:
 
 
 def nifti_gz(r: Result, workdir: Path) -> bytes:
-    """Predicted mask as gzipped NIfTI bytes, written by `predict.write_nifti` (the same file
-    as `gliomaseg predict`: data (row, column, slice) uint8 {0,1}) in a private `workdir`.
-
-    Spacing is used only when both pixel size and slice thickness were given.
+    """Predicted mask as gzipped NIfTI bytes, the same file as `gliomaseg predict` writes, in
+    a private `workdir`: for a NIfTI upload, on its voxel grid with its header; otherwise
+    data (row, column, slice) uint8 {0,1}, with spacing only when both pixel size and
+    slice thickness were given.
     """
     from ..predict import write_nifti
 
-    spacing = (r.pixel_mm, r.pixel_mm, r.slice_mm) if r.pixel_mm and r.slice_mm else None
     path = workdir / "mask.nii.gz"
-    write_nifti(path, r.mask, spacing)
+    if r.volume is not None:
+        write_mask(path, r.mask, r.volume)
+    else:
+        spacing = (r.pixel_mm, r.pixel_mm, r.slice_mm) if r.pixel_mm and r.slice_mm else None
+        write_nifti(path, r.mask, spacing)
     return path.read_bytes()
+
+
+def header_spacing(volume: NiftiVolume) -> tuple[float, float]:
+    """(pixel_mm, slice_mm) from a NIfTI header. Results hold one in-plane size, so the
+    geometric mean of row and column size is used: it keeps areas exact."""
+    row, col, depth = volume.spacing
+    return math.sqrt(row * col), depth
 
 
 class ResultStore:

@@ -1,8 +1,8 @@
-"""Validate an uploaded slice or zipped patient folder and read it into a volume.
+"""Validate an uploaded slice, zipped patient folder or NIfTI volume and read it.
 
 Hostile uploads are expected: every limit is checked before the expensive step it
-protects (declared zip sizes before extracting, actual bytes while extracting,
-image headers before decoding). Only slice images are extracted, each under a
+protects (declared zip sizes before extracting, actual bytes while extracting or
+un-gzipping, image and NIfTI headers before decoding). Only slice images are extracted, each under a
 name generated here (`slice_<n>.tif`, `slice_<n>_mask.tif`) inside a private
 folder, so no name from the upload ever reaches the file system; the original
 names appear only in messages. Reading then reuses `gliomaseg.data`.
@@ -14,6 +14,8 @@ or corrupt zip, unreadable image, no slices).
 
 from __future__ import annotations
 
+import gzip
+import math
 import re
 import warnings
 import zipfile
@@ -26,10 +28,15 @@ import numpy as np
 from PIL import Image
 
 from ..data import IMAGE_SUFFIXES, SLICE_RE, DataError, read_image, read_patient
+from ..nifti import NiftiVolume, header_shape, is_nifti, nifti_stem, read_nifti
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # first local file header; an empty archive
 IMAGE_MAGIC = (b"II*\x00", b"MM\x00*", b"\x89PNG\r\n\x1a\n")  # TIFF (both byte orders), PNG
-ALLOWED_SUFFIXES = (".zip", *IMAGE_SUFFIXES)
+GZIP_MAGIC = b"\x1f\x8b"  # a gzip upload can only be a .nii.gz
+# sizeof_hdr, the first field of a NIfTI-1 (348) or NIfTI-2 (540) header, in either byte order
+NIFTI_MAGIC = (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+ALLOWED_SUFFIXES = (".zip", *IMAGE_SUFFIXES, ".nii", ".gz")  # .gz: only as .nii.gz
+KINDS = "one slice (.tif or .png), a .zip of one patient folder, or a NIfTI volume (.nii.gz)"
 CHUNK = 1 << 16
 MiB = 1 << 20
 
@@ -56,13 +63,18 @@ class UploadError(ValueError):
 
 @dataclass
 class Upload:
-    """A validated upload. image (S, H, W, 3) uint8; truth (S, H, W) {0,1} or None."""
+    """A validated upload. image (S, H, W, 3) uint8; truth (S, H, W) {0,1} or None.
+
+    volume: for a NIfTI upload, how it was read (header, orientation), so the mask can be
+    written back on its grid.
+    """
 
     case: str
     image: np.ndarray
     truth: np.ndarray | None
     slice_numbers: list[int]
     notes: list[str] = field(default_factory=list)
+    volume: NiftiVolume | None = None
 
 
 @dataclass(frozen=True)
@@ -83,23 +95,30 @@ def check_suffix(filename: str | None) -> None:
     """The name the client sent is only used for this check and for display."""
     if not filename:
         return
-    suffix = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
-    if suffix not in ALLOWED_SUFFIXES:
+    name = PurePosixPath(filename.replace("\\", "/")).name.lower()
+    suffix = PurePosixPath(name).suffix
+    if suffix not in ALLOWED_SUFFIXES or (suffix == ".gz" and not is_nifti(name)):
         shown = suffix or "a file without an extension"
-        raise UploadError(f"Wrong file type ({shown}). Upload one slice (.tif or .png) "
-                          "or a .zip of one patient folder.")
+        raise UploadError(f"Wrong file type ({shown}). Upload {KINDS}.")
 
 
 def sniff(head: bytes) -> str:
-    """'zip' or 'image' from the first bytes of the body; the content decides, not the name."""
+    """'zip', 'image', 'nifti' or 'nifti-gz' from the first bytes of the body.
+
+    The content decides, not the name.
+    """
     if not head:
         raise UploadError("The upload is empty.")
     if head.startswith(ZIP_MAGIC):
         return "zip"
     if head.startswith(IMAGE_MAGIC):
         return "image"
-    raise UploadError("This is not a TIFF or PNG image or a zip file. Upload one slice "
-                      "(.tif or .png) or a .zip of one patient folder.")
+    if head.startswith(GZIP_MAGIC):
+        return "nifti-gz"
+    if head.startswith(NIFTI_MAGIC):
+        return "nifti"
+    raise UploadError(f"This is not a TIFF or PNG image, a zip file or a NIfTI volume. "
+                      f"Upload {KINDS}.")
 
 
 async def receive(chunks: AsyncIterator[bytes], dest: Path, max_bytes: int) -> int:
@@ -303,6 +322,50 @@ def read_zip(path: Path, workdir: Path, limits: UploadLimits) -> Upload:
                   slice_numbers=patient.slice_numbers, notes=notes)
 
 
+def gunzip(path: Path, dest: Path, limit: int) -> None:
+    """Inflate `path` to `dest`, stopping at `limit` bytes (a gzip bomb inflates far more)."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as src, dest.open("wb") as out:
+            while chunk := src.read(CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise UploadError(f"The volume unpacks to more than {limit / MiB:.0f} MB.",
+                                      413)
+                out.write(chunk)
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise UploadError(f"The .nii.gz file is damaged or incomplete ({exc}).") from None
+
+
+def read_volume(path: Path, workdir: Path, filename: str | None, limits: UploadLimits,
+                gzipped: bool) -> Upload:
+    """A NIfTI volume at our own `path`: un-gzipped under a cap, its header checked against
+    the limits, then read by `nifti.read_nifti` (orientation, intensities, FLAIR or 3 channels).
+    """
+    shown = PurePosixPath((filename or "upload.nii.gz").replace("\\", "/")).name
+    local = workdir / "volume.nii"
+    if gzipped:
+        gunzip(path, local, limits.max_uncompressed)
+    else:
+        path.rename(local)
+    try:
+        shape = header_shape(local)
+        side, voxels = max(shape[:3]), math.prod(shape[:3])
+        if side > limits.max_side or voxels > limits.max_voxels:
+            raise UploadError(f"The volume is {'x'.join(map(str, shape[:3]))} voxels; the limits "
+                              f"are {limits.max_side} per side and {limits.max_voxels / 1e6:.0f} "
+                              "million in all.", 413)
+        volume = read_nifti(local)
+    except DataError as exc:
+        raise _humanize(exc, {local: shown}, workdir) from None
+    if len(volume.patient.slice_numbers) > limits.max_slices:
+        raise UploadError(f"The volume has {len(volume.patient.slice_numbers)} slices; the "
+                          f"limit is {limits.max_slices}.", 413)
+    case = nifti_stem(shown) if is_nifti(shown) else PurePosixPath(shown).stem
+    return Upload(case=safe_case(case), image=volume.patient.image, truth=None,
+                  slice_numbers=volume.patient.slice_numbers, volume=volume)
+
+
 def read_upload(path: Path, workdir: Path, filename: str | None,
                 limits: UploadLimits) -> Upload:
     """The received body at `path` (inside the private `workdir`) -> Upload, or UploadError."""
@@ -311,4 +374,6 @@ def read_upload(path: Path, workdir: Path, filename: str | None,
         kind = sniff(fh.read(8))
     if kind == "zip":
         return read_zip(path, workdir, limits)
+    if kind.startswith("nifti"):
+        return read_volume(path, workdir, filename, limits, gzipped=kind == "nifti-gz")
     return read_single(path, filename, limits)

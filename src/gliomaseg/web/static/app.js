@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const ALLOWED = [".zip", ".tif", ".tiff", ".png"];
+const ALLOWED = [".zip", ".tif", ".tiff", ".png", ".nii", ".nii.gz"];
 const state = { result: null, index: 0, limits: null, preload: [] };
 
 const fmt = {
@@ -36,14 +36,16 @@ function detailOf(body, status) {
 }
 
 function extensionOf(name) {
-  const dot = name.lastIndexOf(".");
-  return dot < 0 ? "" : name.slice(dot).toLowerCase();
+  const lower = name.toLowerCase();
+  if (lower.endsWith(".nii.gz")) return ".nii.gz";
+  const dot = lower.lastIndexOf(".");
+  return dot < 0 ? "" : lower.slice(dot);
 }
 
 function checkFile(file) {
   const ext = extensionOf(file.name);
   if (!ALLOWED.includes(ext)) {
-    return `Wrong file type (${ext || "no extension"}). Upload one slice (.tif or .png) or a .zip of one patient folder.`;
+    return `Wrong file type (${ext || "no extension"}). Upload one slice (.tif or .png), a .zip of one patient folder, or a NIfTI volume (.nii.gz).`;
   }
   if (file.size === 0) return "The file is empty.";
   if (state.limits && file.size > state.limits.max_bytes) {
@@ -218,7 +220,7 @@ function wire() {
     e.preventDefault();
     drop.classList.remove("over");
     const files = e.dataTransfer ? e.dataTransfer.files : [];
-    if (files.length > 1) showError("Drop one file: a slice, or one zip of a patient folder.");
+    if (files.length > 1) showError("Drop one file: a slice, one zip of a patient folder, or one NIfTI volume.");
     else if (files.length === 1) upload(files[0]);
   });
   $("slider").addEventListener("input", (e) => show(Number(e.target.value)));
