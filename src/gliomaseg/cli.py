@@ -322,9 +322,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.min_size is not None and args.min_size < 0):
         raise UsageError("--batch-size must be >= 1 and --min-size >= 0")
-    if args.cv and (args.model or args.cases or args.backend != "torch"):
+    if args.cv and (args.model or args.cases or args.labels or args.backend != "torch"):
         raise UsageError("--cv takes one training run per fold; it replaces --model and --cases "
-                         "(each fold scores its own validation patients) and needs --backend torch")
+                         "(each fold scores its own validation patients of a kaggle_3m DATA) "
+                         "and needs --backend torch")
     inputs = [args.data.parent if is_nifti(args.data) else args.data]
     inputs += [args.labels.parent] if args.labels is not None else []
     out = ensure_output(args.output, args.overwrite, inputs)
