@@ -52,7 +52,7 @@ CV_FOLDS := 1 2 3 4
 
 cv: $(foreach f,$(CV_FOLDS),$(RUN)-fold$(f)/best.pt)
 	$(BIN)/gliomaseg evaluate $(DATA) --cv $(RUN) $(foreach f,$(CV_FOLDS),$(RUN)-fold$(f)) \
-		--tta --no-largest-component --min-size 0 -o $(RUN)-cv --overwrite
+		--tta --largest-component --min-size 200 -o $(RUN)-cv --overwrite
 	@echo "cross-validation report: $(RUN)-cv/report.html"
 
 $(RUN)-fold%/best.pt: $(STAMP)
