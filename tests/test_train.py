@@ -143,6 +143,7 @@ def test_killed_run_resumes_and_finishes(synth_root, tmp_path):
     assert (run / "metrics.csv").exists(), (tmp_path / "stderr.txt").read_text()[-2000:]
     killed_at = len(read_rows(run))
     assert 1 <= killed_at < 4
+    (run / ".last.pt.99999.tmp").write_bytes(b"half")  # as if the kill had hit a checkpoint write
     r = run_cli("train", "--resume", run)
     assert r.returncode == 0, r.stderr
     rows = read_rows(run)
