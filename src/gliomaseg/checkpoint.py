@@ -27,10 +27,13 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A run killed mid-write leaves the previous checkpoint intact.
+    A run killed mid-write leaves the previous checkpoint intact, and its temporary file
+    is removed by the next save of the same checkpoint (one writer per path).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as fh:
         torch.save({"format": FORMAT, **state}, fh)

@@ -256,9 +256,6 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         best, best_epoch = state["best_dice"], state["best_epoch"]
         bad_epochs, elapsed = state["bad_epochs"], state["elapsed"]
         log(f"resumed from {last_path} at epoch {start_epoch}")
-        if rank == 0:  # a run killed mid-write leaves its temporary checkpoint behind
-            for stale in run_dir.glob(".*.pt.*.tmp"):
-                stale.unlink(missing_ok=True)
     rows = read_metrics(run_dir / "metrics.csv", start_epoch - 1) if rank == 0 else []
 
     log(f"loading {len(train_cases)} training and {len(val_cases)} validation patients")
