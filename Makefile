@@ -35,26 +35,27 @@ lint: $(STAMP)
 clean:
 	rm -rf demo .pytest_cache .ruff_cache
 
-model: $(STAMP)
-	$(BIN)/gliomaseg split $(DATA) --folds 5 --seed 0 -o $(RUN)-splits.json --overwrite
-	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN) --splits $(RUN)-splits.json \
-		--val-fold 0 --config configs/bundled.json --overwrite
-	$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)/best.pt -o $(RUN)-eval --overwrite \
-		--cases $$($(BIN)/python -c "import json; print(*json.load(open('$(RUN)/run.json'))['val'])")
-	$(BIN)/python -c "import json; from gliomaseg.checkpoint import bundle; \
-		bundle('$(RUN)/best.pt', 'src/gliomaseg/weights/model.pt', json.load(open('configs/bundled-post.json')))"
-	@echo "bundled model: src/gliomaseg/weights/model.pt; validation report: $(RUN)-eval/report.html"
+# `make -j2 model DATA=...`: the bundled model from scratch (MODEL.md). Five folds of one
+# patient split, each trained with configs/bundled.json (60 CPU minutes on one thread; -j2
+# trains two at a time); each fold's model scores its own validation patients and the report
+# pools all of them (the card's numbers); the five networks are then bundled as one ensemble.
+FOLDS := 0 1 2 3 4
+POST := --tta --largest-component --min-size 200
 
-# `make cv DATA=...` after `make model`: folds 1-4 of the same recipe (60 CPU minutes each;
-# `make -j2 cv` trains two at a time), then each fold's model scores its own validation
-# patients and the report pools all 81 (MODEL.md, "Cross-validation").
-CV_FOLDS := 1 2 3 4
+model: $(RUN)-cv/summary.json
+	$(BIN)/gliomaseg bundle $(foreach f,$(FOLDS),$(RUN)-fold$(f)) --post configs/bundled-post.json \
+		-o src/gliomaseg/weights/model.pt --overwrite
+	@echo "bundled model: src/gliomaseg/weights/model.pt; cross-validation: $(RUN)-cv/report.html"
 
-cv: $(foreach f,$(CV_FOLDS),$(RUN)-fold$(f)/best.pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $(RUN) $(foreach f,$(CV_FOLDS),$(RUN)-fold$(f)) \
-		--tta --largest-component --min-size 200 -o $(RUN)-cv --overwrite
-	@echo "cross-validation report: $(RUN)-cv/report.html"
+cv: $(RUN)-cv/summary.json
 
-$(RUN)-fold%/best.pt: $(STAMP)
+$(RUN)-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-fold$(f)/best.pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(foreach f,$(FOLDS),$(RUN)-fold$(f)) $(POST) \
+		-o $(RUN)-cv --overwrite
+
+$(RUN)-splits.json: | $(STAMP)
+	$(BIN)/gliomaseg split $(DATA) --folds 5 --seed 0 -o $@ --overwrite
+
+$(RUN)-fold%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-fold$* --splits $(RUN)-splits.json \
 		--val-fold $* --config configs/bundled.json --overwrite

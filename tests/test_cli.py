@@ -10,6 +10,7 @@ from conftest import run_cli
 
 from gliomaseg import __version__
 from gliomaseg.cli import build_parser, main
+from gliomaseg.data import list_cases
 
 
 def test_version_and_help():
@@ -133,3 +134,44 @@ def test_channels_flag_selects_flair_only_input():
     args = build_parser().parse_args(["train", "d", "-o", "r", "--channels", "flair"])
     cfg = load_config(args.config, _overrides(args))
     assert cfg.data.channels == "flair" and cfg.data.in_channels == 2 * cfg.data.context + 1
+
+
+def test_bundle_joins_runs_into_one_model_that_predicts(tiny_run, synth_root, tmp_path):
+    post = tmp_path / "post.json"
+    post.write_text('{"tta": true, "min_size": 3}')
+    out = tmp_path / "ens.pt"
+    r = run_cli("bundle", tiny_run, tiny_run / "best.pt", "-o", out, "--post", post)
+    assert r.returncode == 0 and "ensemble of 2" in r.stdout, r.stderr
+    r = run_cli("predict", synth_root / list_cases(synth_root)[0], "-o", tmp_path / "pred",
+                "--model", out)
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "pred").rglob("*_mask.tif"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "already exists"),  # out exists from the first call
+    (["--post", "nope.json"], "not a readable JSON"),
+    (["--post", "BADPOST"], "unknown key"),
+])
+def test_bundle_refusals_are_one_line(tiny_run, tmp_path, capsys, extra, message):
+    (tmp_path / "bad.json").write_text('{"tta": true, "typo": 1}')
+    extra = [str(tmp_path / "bad.json") if e == "BADPOST" else e for e in extra]
+    out = tmp_path / "m.pt"
+    if message == "already exists":
+        assert main(["bundle", str(tiny_run), "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["bundle", str(tiny_run), "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bundle_refuses_to_write_into_a_run_folder(tiny_run, capsys):
+    assert main(["bundle", str(tiny_run), "-o", str(tiny_run / "model.pt")]) == 2
+    assert "inside the input" in capsys.readouterr().err
+    assert not (tiny_run / "model.pt").exists()
+
+
+def test_train_refuses_an_ensemble_from_scratch(synth_root, tmp_path, capsys):
+    assert main(["train", str(synth_root), "-o", str(tmp_path / "r"),
+                 "--set", "model.members=3"]) == 2
+    assert "join them with 'gliomaseg bundle" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from conftest import run_cli
 
 from gliomaseg import metrics
 from gliomaseg.checkpoint import load_checkpoint
+from gliomaseg.cli import main
 from gliomaseg.config import PostConfig
 from gliomaseg.data import DataError, list_cases
 from gliomaseg.evaluate import (
@@ -26,6 +27,7 @@ from gliomaseg.evaluate import (
     labelled_cases,
     load_for_evaluation,
     native_probabilities,
+    paired_difference,
     score_case,
     slice_level,
     standard_variants,
@@ -276,7 +278,6 @@ def test_cli_evaluate_writes_outputs_and_refuses_to_overwrite(synth_root, tiny_c
 def test_cli_evaluate_bad_inputs_are_one_line_errors(synth_root, tiny_checkpoint, tmp_path,
                                                      capsys):
     """In-process (cli.main), so each case costs no interpreter start."""
-    from gliomaseg.cli import main
 
     def run(*args):
         code = main(["evaluate", *map(str, args)])
@@ -343,7 +344,6 @@ def test_by_site_groups_patients():
 def test_cli_evaluate_without_bundled_model_says_how_to_get_one(synth_root, tmp_path, capsys,
                                                                 monkeypatch):
     from gliomaseg import inference
-    from gliomaseg.cli import main
 
     monkeypatch.setattr(inference, "WEIGHTS_DIR", tmp_path / "no_weights")
     assert main(["evaluate", str(synth_root), "-o", str(tmp_path / "out")]) == 2
@@ -405,6 +405,9 @@ def test_cli_evaluate_cv_writes_the_fold_table(synth_root, tiny_run, tmp_path):
     summary = strict_json((out / "summary.json").read_text())
     assert [f["patients"] for f in summary["folds"]] == [1, 3]
     assert sorted(r["case"] for r in summary["per_case"]) == sorted(cases)
+    assert {r["case"]: r["fold"] for r in summary["per_case"]} == {
+        c: int(c not in cases[:1]) for c in cases}
+    assert f"{cases[0]},{summary['per_case'][0]['site']},0," in (out / "per_case.csv").read_text()
     assert summary["model"] == {}  # no single model: no "not a held-out test" warning
     page = (out / "report.html").read_text()
     assert "Cross-validation folds" in page and "Not a held-out test" not in page
@@ -413,3 +416,33 @@ def test_cli_evaluate_cv_writes_the_fold_table(synth_root, tiny_run, tmp_path):
                   "--model", runs[0] / "best.pt")
     assert bad.returncode == 2 and "--cv takes one training run per fold" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_paired_difference_counts_wins_and_skips_empty_cases():
+    a = {"p1": 0.5, "p2": 0.8, "p3": math.nan, "p4": 0.6, "only_a": 0.1}
+    b = {"p1": 0.7, "p2": 0.7, "p3": 0.9, "p4": 0.9}
+    r = paired_difference(a, b)
+    assert r["patients"] == 3  # p3 is empty for A, only_a is not in B
+    assert r["a_mean"] == pytest.approx((0.5 + 0.8 + 0.6) / 3)
+    assert r["difference"]["mean"] == pytest.approx((0.2 - 0.1 + 0.3) / 3)
+    assert (r["b_better"], r["a_better"]) == (2, 1)
+    assert r["difference"]["ci95"][0] <= r["difference"]["mean"] <= r["difference"]["ci95"][1]
+
+
+def test_cli_compare_reads_two_evaluations(tmp_path, capsys):
+    def write(folder, dice, plain):
+        folder.mkdir()
+        rows = [{"case": f"p{i}", "dice": d, "variants": {"plain": q}}
+                for i, (d, q) in enumerate(zip(dice, plain, strict=True))]
+        (folder / "summary.json").write_text(json.dumps({"per_case": rows}))
+
+    write(tmp_path / "a", [0.5, 0.6, None], [0.4, 0.5, None])
+    write(tmp_path / "b", [0.7, 0.9, 0.8], [0.7, 0.5, 0.8])
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "2 patients in both" in out and "mean +0.2500" in out and "B better on 2" in out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--variant",
+                 "plain", "dice_unused"]) == 2
+    assert "no variant 'dice_unused'" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nope")]) == 2
+    assert "not a gliomaseg evaluation" in capsys.readouterr().err

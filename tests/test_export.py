@@ -15,6 +15,7 @@ import gliomaseg
 from gliomaseg import export
 from gliomaseg.checkpoint import (
     CheckpointError,
+    bundle,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
@@ -205,3 +206,14 @@ def test_cli_int8_refusal_reports_both_numbers(tiny_checkpoint, synth_root, tmp_
     assert "int8 refused" in err and "fp32 0." in err and "int8 0." in err
     assert "kept the fp32 model" in err
     assert out.is_file() and not (out.parent / "model.int8.onnx").exists()
+
+
+def test_ensemble_exports_as_one_graph_with_parity(tiny_checkpoint, torch_net, tmp_path):
+    """A bundled ensemble is one ONNX file; its logits match PyTorch's mean of the members."""
+    bundle([tiny_checkpoint, tiny_checkpoint], tmp_path / "ens.pt", fp16=False)
+    meta = export.export_checkpoint(tmp_path / "ens.pt", tmp_path / "ens.onnx")
+    assert meta["config"]["model"]["members"] == 2 and len(meta["training"]["members"]) == 2
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    net, _ = torch_net
+    torch.testing.assert_close(torch.from_numpy(onnx_logits_fn(tmp_path / "ens.onnx")(x)),
+                               torch.from_numpy(torch_logits_fn(net)(x)), **TOL)

@@ -32,3 +32,18 @@ def test_dropout_off_in_eval_mode_makes_output_deterministic():
     model = build_model(3, ModelConfig(base_filters=4, depth=2, dropout=0.5)).eval()
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(model(x), model(x))
+
+
+def test_ensemble_averages_the_logits_of_its_members():
+    """members > 1: one network whose output is the mean of independent U-Nets' logits."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_filters=4, depth=2, members=3)
+    ensemble = build_model(1, cfg).eval()
+    assert len(ensemble.members) == 3
+    assert count_parameters(ensemble) == 3 * count_parameters(build_model(1, ModelConfig(
+        base_filters=4, depth=2)))
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in ensemble.members]).mean(dim=0)
+        torch.testing.assert_close(ensemble(x), expected)
+        assert not torch.allclose(ensemble.members[0](x), expected)  # members differ

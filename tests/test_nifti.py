@@ -357,7 +357,12 @@ def test_evaluate_nifti_with_brats_labels(tmp_path, tiny_checkpoint, model):
     assert case["case"] == "BraTS2021_00008_flair"
     assert case["dice"] == pytest.approx(metrics.dice(metrics.confusion(pred, truth)), abs=1e-12)
     assert case["dice"] > 0.6
-    assert "BraTS2021_00008_flair" in (out / "report.html").read_text()  # the gallery re-read it
+    page = (out / "report.html").read_text()
+    assert "BraTS2021_00008_flair" in page  # the gallery re-read it
+    # HD95 in mm, from the header's anisotropic voxel size (slice, row, column order)
+    assert summary["units"]["hd95"] == "mm" and "HD95 (mm)" in page
+    in_mm = metrics.hd95(pred, truth, spacing=(ZOOMS[2], ZOOMS[0], ZOOMS[1]))
+    assert case["hd95"] == pytest.approx(in_mm) and in_mm != pytest.approx(metrics.hd95(pred, truth))
 
 
 def test_evaluate_nifti_errors(tmp_path, tiny_checkpoint, synth_root, capsys):

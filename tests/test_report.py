@@ -16,6 +16,7 @@ from conftest import TINY
 from PIL import Image
 
 from gliomaseg import viz
+from gliomaseg.checkpoint import bundle
 from gliomaseg.data import list_cases, read_patient, write_slice
 from gliomaseg.evaluate import evaluate, load_for_evaluation
 from gliomaseg.report import json_safe, write_report
@@ -100,6 +101,7 @@ def test_html_is_self_contained_with_gallery_and_curves(report_dir):
         assert row["case"] in page
     assert f"{summary['aggregate']['dice_mean']:.3f}" in page
     assert "used above" in page  # the chosen row of the variants table
+    assert summary["units"]["hd95"] == "voxels" and "HD95 (voxels)" in page  # no voxel size
 
 
 def test_training_patients_are_flagged(report_dir):
@@ -120,6 +122,17 @@ def test_model_outside_a_run_folder_has_no_curves_or_warning(synth_root, tiny_ch
     assert "Training curves" not in page and "Not a held-out test" not in page
     assert summary["model"]["curves"] is False and summary["variants"] == []
     assert "Variants were not computed" in page
+
+
+def test_a_bundled_model_remembers_its_training_patients(synth_root, tiny_checkpoint, tmp_path):
+    """Outside its run folder, a bundled model still flags the patients it was trained on."""
+    bundle([tiny_checkpoint, tiny_checkpoint], tmp_path / "ens.pt")
+    model = load_for_evaluation(tmp_path / "ens.pt")
+    cases = list_cases(synth_root)
+    ev = evaluate(synth_root, model.logits_fn, model.cfg, cases=cases[:1], variants=False)
+    summary = write_report(tmp_path / "out", ev, model)
+    assert summary["model"]["evaluated_cases_in_training"] == cases[:1]
+    assert "Not a held-out test" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_empty_truth_and_prediction_is_null_and_excluded(synth_root, tmp_path):

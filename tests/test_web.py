@@ -124,6 +124,7 @@ def test_health_and_limits(client, segmenter):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["pending"] == 0
     assert health["model"]["size"] == segmenter.cfg.data.size
+    assert health["model"]["networks"] == segmenter.cfg.model.members
     limits = client.get("/api/limits").json()
     assert limits["max_bytes"] == UploadLimits().max_bytes
     assert "research use only" in limits["notice"].lower()

@@ -8,14 +8,16 @@ arbitrary objects (weights_only=True).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from .config import Config
-from .model import UNet, build_model
+from .model import build_model
 
 FORMAT = 1
 
@@ -55,29 +57,60 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> tuple[UNet, Config]:
+def model_from_checkpoint(state: dict[str, Any]) -> tuple[nn.Module, Config]:
     """Rebuild the network from the saved config, load weights (fp16 storage is upcast), eval mode."""
     cfg = Config.from_dict(state["config"])
     model = build_model(cfg.data.in_channels, cfg.model)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise CheckpointError("checkpoint weights do not fit the network of its config") from None
     return model.eval(), cfg
 
 
-def bundle(src: Path, dst: Path, post: dict | None = None, fp16: bool = True) -> dict:
-    """Make a shippable model file from a training checkpoint.
+def bundle(sources: list[Path], dst: Path, post: dict | None = None, fp16: bool = True) -> dict:
+    """Make a shippable model file from one training checkpoint, or an ensemble of several.
 
-    Keeps weights, config and provenance (epoch, best validation PV-DSC, validation
-    patients); drops optimiser and RNG state. `post` overrides post-processing settings
-    chosen on validation patients; `fp16` halves the size (weights are upcast on load).
+    Keeps weights, config and provenance (epochs, best validation PV-DSC, the training
+    and validation patients of each run's run.json); drops optimiser and RNG state.
+    Several checkpoints (e.g. the best.pt of each cross-validation fold) must share their
+    data and model settings; they become the members of one `model.Ensemble`. `post`
+    overrides the post-processing settings; `fp16` halves the size (upcast on load).
     """
-    state = load_checkpoint(src)
-    cfg = Config.from_dict(state["config"])
-    if post:
-        cfg = cfg.replace(post=post)
-    weights = {k: v.half() if fp16 and v.is_floating_point() else v
-               for k, v in state["model"].items()}
-    keep = {k: state[k] for k in ("epoch", "best_dice", "best_epoch", "val_cases") if k in state}
-    out = {"model": weights, "config": cfg.to_dict(), **keep}
+    if not sources:
+        raise CheckpointError("bundle needs at least one checkpoint")
+    states = [load_checkpoint(src) for src in sources]
+    cfgs = [Config.from_dict(state["config"]) for state in states]
+    for src, cfg in zip(sources, cfgs, strict=True):
+        if cfg.model.members != 1:
+            raise CheckpointError(f"{src}: already an ensemble; bundle the runs it was made of")
+        if (cfg.data, cfg.model) != (cfgs[0].data, cfgs[0].model):
+            raise CheckpointError(f"{src}: data or model settings differ from {sources[0]}; "
+                                  "ensemble members must be one network shape")
+    cfg = cfgs[0].replace(model={"members": len(states)}, post=post or {})
+    prefix = (lambda i: "") if len(states) == 1 else (lambda i: f"members.{i}.")
+    weights = {prefix(i) + k: v.half() if fp16 and v.is_floating_point() else v
+               for i, state in enumerate(states) for k, v in state["model"].items()}
+    provenance = [_provenance(src, state) for src, state in zip(sources, states, strict=True)]
+    out = {"model": weights, "config": cfg.to_dict(), "members": provenance,
+           "train_cases": sorted({c for p in provenance for c in p.get("train_cases", [])}),
+           "val_cases": sorted({c for p in provenance for c in p.get("val_cases", [])})}
+    if len(states) == 1:
+        out.update({k: provenance[0][k] for k in ("epoch", "best_dice", "best_epoch")
+                    if k in provenance[0]})
+    model_from_checkpoint(out)  # the joined weights must load before anything is written
     save_checkpoint(dst, out)
     return out
+
+
+def _provenance(src: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Where a bundled network came from: its run's epochs, scores and patients."""
+    info = {"source": Path(src).name,
+            **{k: state[k] for k in ("epoch", "best_dice", "best_epoch", "val_cases") if k in state}}
+    try:
+        run = json.loads(Path(src).with_name("run.json").read_text())
+        info.update(train_cases=list(run["train"]), val_cases=list(run["val"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a bare checkpoint: provenance is best effort
+    return info

@@ -140,6 +140,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not train_cases or not val_cases:
             raise UsageError(f"{data}: need at least one training and one validation patient")
     init = args.init
+    if cfg.model.members != 1 and init is None:
+        raise UsageError("model.members: a run trains one network; train each member as its "
+                         "own run and join them with 'gliomaseg bundle RUN... -o model.pt'")
     if init is not None and str(init) == "bundled":
         from .inference import bundled_model_path
 
@@ -279,6 +282,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- bundle ------------------------------------------------------------------------------------
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .checkpoint import bundle
+
+    sources = [run / "best.pt" if run.is_dir() else run for run in args.runs]
+    ensure_output(args.output, args.overwrite, [s.parent for s in sources if s.is_file()])
+    post = _read_json(args.post) if args.post else None
+    out = bundle(sources, args.output, post=post)
+    kind = (f"ensemble of {len(sources)}" if len(sources) > 1 else "one network")
+    print(f"{kind} -> {args.output} ({args.output.stat().st_size / 1e6:.1f} MB; "
+          f"post-processing {out['config']['post']})")
+    return 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return value
+
+
 # --- export ------------------------------------------------------------------------------------
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -350,7 +378,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"median {_num(f['dice_median'])} ({f['model']})")
     print(f"{a['cases']} patients: mean PV-DSC {_num(a['dice_mean'])} "
           f"(95% CI {_num(ci[0])}-{_num(ci[1])}), median {_num(a['dice_median'])}, "
-          f"mean IoU {_num(a['iou_mean'])}, median HD95 {_num(a['hd95_median'], 1)} voxels")
+          f"mean IoU {_num(a['iou_mean'])}, median HD95 {_num(a['hd95_median'], 1)} "
+          f"{s['units']['hd95']}")
     for row in s["variants"]:
         print(f"  {row['name']:<22} mean {_num(row['dice_mean'])}  median "
               f"{_num(row['dice_median'])}{'  (chosen)' if row['chosen'] else ''}")
@@ -360,6 +389,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _num(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# --- compare -----------------------------------------------------------------------------------
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import paired_difference
+    from .report import read_case_scores
+
+    names = args.variant or [None]
+    if len(names) > 2:
+        raise UsageError("--variant takes one name (both evaluations) or two (A's, then B's)")
+    a = read_case_scores(args.a, names[0])
+    b = read_case_scores(args.b, names[-1])
+    result = paired_difference(a, b)
+    if result["patients"] == 0:
+        raise UsageError(f"{args.a} and {args.b} share no scored patient")
+    d = result["difference"]
+    print(f"{result['patients']} patients in both (only in A: {len(set(a) - set(b))}, "
+          f"only in B: {len(set(b) - set(a))})")
+    print(f"mean PV-DSC: A {result['a_mean']:.4f}, B {result['b_mean']:.4f}")
+    print(f"B - A: mean {d['mean']:+.4f} (95% CI {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f}), "
+          f"median {d['median']:+.4f}; B better on {result['b_better']} patients, "
+          f"A on {result['a_better']}")
+    return 0
 
 
 # --- demo --------------------------------------------------------------------------------------
@@ -546,6 +599,21 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+    p = _add(sub, "bundle", "make one model file from a run, or an ensemble from several runs", """
+  gliomaseg bundle runs/r1 -o model.pt
+  gliomaseg bundle runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4 -o ensemble.pt \\
+      --post configs/bundled-post.json
+
+Several runs must share their data and model settings; their logits are averaged.
+Weights are stored as fp16 (upcast on load); optimiser state is dropped.""")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                   help="training run folder (its best.pt) or checkpoint .pt")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .pt file to write")
+    p.add_argument("--post", type=Path, metavar="JSON",
+                   help='post-processing settings, e.g. {"tta": true, "min_size": 200}')
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_bundle)
+
     p = _add(sub, "export", "export a checkpoint to one ONNX file + model.json (optional int8)", """
   gliomaseg export -o model.onnx
   gliomaseg export --model runs/r1/best.pt -o dist/model.onnx
@@ -577,7 +645,7 @@ affine). Any label > 0 counts as tumour, so BraTS labels (1, 2, 4) score the who
 i.e. the FLAIR abnormality. Without --labels, the file beside DATA named <stem>_mask or
 <stem>_seg (.nii.gz or .nii) is used; for BraTS names the modality suffix is dropped first
 (BraTS2021_00000_flair.nii.gz -> BraTS2021_00000_seg.nii.gz, ...-t2f.nii.gz -> ...-seg.nii.gz).
-HD95 and volumes are in voxels, as for the Kaggle data.""")
+HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the Kaggle data.""")
     p.add_argument("data", type=Path,
                    help="kaggle_3m root or one patient folder (with masks), or a NIfTI image")
     p.add_argument("--labels", type=Path, metavar="PATH",
@@ -607,6 +675,15 @@ HD95 and volumes are in voxels, as for the Kaggle data.""")
     p.add_argument("--batch-size", type=int, default=16, help="slices per network call")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = _add(sub, "compare", "paired PV-DSC difference of two evaluations of the same patients", """
+  gliomaseg compare eval_r1 eval_r2
+  gliomaseg compare eval_r1 eval_r1 --variant plain +TTA   # two variants of one evaluation""")
+    p.add_argument("a", type=Path, metavar="EVAL_A", help="evaluation folder (or its summary.json)")
+    p.add_argument("b", type=Path, metavar="EVAL_B")
+    p.add_argument("--variant", nargs="+", metavar="NAME",
+                   help="use a variant of the variants table: one name for both, or A's and B's")
+    p.set_defaults(func=cmd_compare)
 
     p = _add(sub, "demo", "synthetic data -> train a small model -> evaluation report", """
   gliomaseg demo demo --overwrite     # what 'make demo' runs (about 2 minutes on 2 cores)

@@ -40,6 +40,9 @@ class ModelConfig:
     base_filters: int = 8  # filters of the first encoder block; doubled at each level
     depth: int = 4  # number of poolings (encoder levels below the first)
     dropout: float = 0.0355  # dropout in the bottleneck and decoder blocks
+    # U-Nets whose logits are averaged. Ensembles are joined from separately trained runs
+    # (`gliomaseg bundle RUN...`); a run trains one network.
+    members: int = 1
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ def validate(cfg: Config) -> Config:
         (cfg.data.context >= 0, "data.context must be >= 0"),
         (cfg.train.crop % 2**cfg.model.depth == 0, "train.crop must be a multiple of 2**model.depth"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+        (cfg.model.members >= 1, "model.members must be >= 1"),
         (0.0 < cfg.post.threshold < 1.0, "post.threshold must be in (0, 1)"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.budget_clock in ("wall", "cpu"), "train.budget_clock must be 'wall' or 'cpu'"),

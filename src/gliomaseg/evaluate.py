@@ -30,6 +30,7 @@ from .inference import (
     load_model,
     postprocess,
     probabilities,
+    read_onnx_metadata,
     sigmoid,
     to_native,
     torch_logits_fn,
@@ -86,6 +87,7 @@ class Evaluation:
     seconds: float
     settings: dict = field(default_factory=dict)  # batch size, precision, threads
     folds: list[dict] = field(default_factory=list)  # cross-validation: model and cases per fold
+    hd95_unit: str = "voxels"  # "mm" when the input says its voxel size (NIfTI)
 
 
 def standard_variants(post: PostConfig) -> list[Variant]:
@@ -127,8 +129,10 @@ def native_probabilities(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple
 
 def score_case(case: str, truth: np.ndarray, probs: dict[bool, np.ndarray], post: PostConfig,
                variants: list[Variant], site: str = "unknown", folder: Path = Path(),
-               ) -> CaseResult:
+               spacing: tuple[float, float, float] | None = None) -> CaseResult:
     """Score one patient from its probabilities; truth (S, H, W) {0, 1} on the native grid.
+
+    spacing: voxel size in mm (slice, row, column) when known; HD95 is then in mm.
 
     Each distinct post-processing is run once (variants often coincide with `post`).
     """
@@ -145,7 +149,7 @@ def score_case(case: str, truth: np.ndarray, probs: dict[bool, np.ndarray], post
     variant_dice = {v.name: metrics.dice(metrics.confusion(mask_for(v.post), truth))
                     for v in variants}
     return CaseResult(case=case, site=site, folder=folder,
-                      scores=metrics.case_metrics(pred, truth),
+                      scores=metrics.case_metrics(pred, truth, spacing=spacing),
                       slices=metrics.slice_confusion(pred, truth), variant_dice=variant_dice,
                       pred_bits=np.packbits(pred.astype(bool)), shape=tuple(pred.shape),
                       seconds=0.0)  # set by `evaluate`, which sees the whole per-patient work
@@ -188,11 +192,14 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
         if cases:
             raise DataError(f"{data}: --cases selects patient folders; a NIfTI file is one case")
         labels = Path(labels) if labels is not None else find_labels(Path(data))
-        patients = [read_nifti(data, labels=labels).patient]  # read now: fails before any work
-        names = [p.case for p in patients]
+        volume = read_nifti(data, labels=labels)  # read now: fails before any work
+        patients, names = [volume.patient], [volume.patient.case]
+        rows, cols, step = volume.spacing
+        spacing = (step, rows, cols)  # the (S, H, W) order of the masks
     else:
         names = labelled_cases(data, cases)
         patients = iter_patients(data, require_masks=True, cases=names)
+        spacing = None  # kaggle_3m slices carry no voxel size
     variant_list = standard_variants(post) if variants else []
     tta_settings = {post.tta} | {v.post.tta for v in variant_list}
     results, start = [], time.perf_counter()
@@ -204,7 +211,7 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
                                      batch_size)
         result = score_case(patient.case, patient.mask, probs, post, variant_list,
                             site=patient.site, folder=Path(data) if nifti_input
-                            else patient.image_paths[0].parent)
+                            else patient.image_paths[0].parent, spacing=spacing)
         result.labels = labels if nifti_input else None
         result.seconds = time.perf_counter() - t0
         results.append(result)
@@ -212,7 +219,8 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
                 "network_passes_per_slice": 2 if True in tta_settings else 1,
                 **(settings or {})}
     return Evaluation(data=Path(data), cfg=cfg, post=post, variants=variant_list, cases=results,
-                      seconds=time.perf_counter() - start, settings=settings)
+                      seconds=time.perf_counter() - start, settings=settings,
+                      hd95_unit="voxels" if spacing is None else "mm")
 
 
 def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig],
@@ -333,6 +341,23 @@ def variant_table(results: list[CaseResult], variants: list[Variant], chosen: Po
     return rows
 
 
+def paired_difference(a: dict[str, float], b: dict[str, float], seed: int = 0) -> dict:
+    """Per-patient PV-DSC of B minus A, over the patients both scored.
+
+    Both models met the same patients, so the CI of the mean *difference* is what says
+    whether B is better; two overlapping CIs of means cannot. Patients where either
+    score is NaN (truth and prediction empty) are left out. Returns the patient count,
+    both means, summarize() of the differences and how often each side won.
+    """
+    common = [c for c in sorted(set(a) & set(b)) if not (math.isnan(a[c]) or math.isnan(b[c]))]
+    diffs = np.array([b[c] - a[c] for c in common])
+    return {"patients": len(common),
+            "a_mean": float(np.mean([a[c] for c in common])) if common else math.nan,
+            "b_mean": float(np.mean([b[c] for c in common])) if common else math.nan,
+            "difference": metrics.summarize(diffs.tolist(), np.random.default_rng(seed)),
+            "b_better": int((diffs > 0).sum()), "a_better": int((diffs < 0).sum())}
+
+
 def gallery_cases(results: list[CaseResult]) -> list[tuple[str, CaseResult]]:
     """Best, median and worst patient by PV-DSC (patients with NaN Dice are skipped)."""
     scored = sorted((r for r in results if not math.isnan(r.dice)), key=lambda r: r.dice)
@@ -393,8 +418,13 @@ def load_for_evaluation(path: Path | None = None, backend: str = "torch",
     info: dict = {"path": str(source), "backend": seg.backend, "bundled": path is None,
                   "precision": "fp32 (as predict)"}
     logits_fn = seg.logits_fn
+    provenance: dict = {}  # training and validation patients when the model file records them
+    if seg.backend == "onnx":
+        training = read_onnx_metadata(source).get("training") or {}
+        provenance = {"train": training.get("train_cases") or [], "val": training.get("val_cases") or []}
     if seg.backend == "torch":
         state = load_checkpoint(source)
+        provenance = {"train": state.get("train_cases", []), "val": state.get("val_cases", [])}
         info.update(epoch=state.get("epoch"), best_val_dice=state.get("best_dice"))
         if not fp32:
             model, _ = model_from_checkpoint(state)
@@ -403,10 +433,11 @@ def load_for_evaluation(path: Path | None = None, backend: str = "torch",
             info["precision"] = ("bf16" if train.bf16 else "fp32") + (
                 ", channels-last" if train.channels_last else "") + " (as validated)"
     run = _read_run_json(source.parent / "run.json")
+    seen = run or provenance
     return LoadedModel(cfg=seg.cfg, logits_fn=logits_fn, info=info,
                        run_dir=source.parent if run is not None else None,
-                       train_cases=list((run or {}).get("train", [])),
-                       val_cases=list((run or {}).get("val", [])))
+                       train_cases=list(seen.get("train") or []),
+                       val_cases=list(seen.get("val") or []))
 
 
 def _read_run_json(path: Path) -> dict | None:

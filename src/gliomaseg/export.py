@@ -98,7 +98,8 @@ def export_network(model: torch.nn.Module, cfg: Config, out: Path) -> None:
 def training_info(checkpoint: Path, state: dict) -> dict:
     """What the model was trained on: from the checkpoint and the run's run.json if present."""
     info = {"dataset": DATASET, "epoch": state.get("epoch"),
-            "best_val_pv_dsc": state.get("best_dice"), "val_cases": state.get("val_cases")}
+            "best_val_pv_dsc": state.get("best_dice"), "val_cases": state.get("val_cases"),
+            "train_cases": state.get("train_cases"), "members": state.get("members")}
     run_json = Path(checkpoint).with_name("run.json")
     if run_json.is_file():
         try:

@@ -120,13 +120,17 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None 
     return float(value.reshape(-1)[0])
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, with_hd95: bool = True) -> dict:
-    """Scores of one patient volume: pred, truth (S, H, W) binary on the native grid."""
+def case_metrics(pred: np.ndarray, truth: np.ndarray, with_hd95: bool = True,
+                 spacing: tuple[float, float, float] | None = None) -> dict:
+    """Scores of one patient volume: pred, truth (S, H, W) binary on the native grid.
+
+    HD95 is in voxels, or in mm when `spacing` (slice, row, column) is known (NIfTI input).
+    """
     c = confusion(pred, truth)
     return {
         "dice": dice(c), "iou": iou(c), "precision": precision(c), "recall": recall(c),
         "pixel_accuracy": pixel_accuracy(c),
-        "hd95": hd95(pred, truth) if with_hd95 else math.nan,
+        "hd95": hd95(pred, truth, spacing) if with_hd95 else math.nan,
         "volume_true": c.tp + c.fn, "volume_pred": c.tp + c.fp,
         "abs_volume_diff": abs(c.fp - c.fn), "slices": int(pred.shape[0]),
     }

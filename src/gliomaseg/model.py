@@ -58,8 +58,26 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def build_model(in_channels: int, cfg: ModelConfig) -> UNet:
-    return UNet(in_channels, cfg)
+class Ensemble(nn.Module):
+    """Independently trained U-Nets of one shape: in (N, C, H, W) -> mean logits (N, 1, H, W).
+
+    Logits are averaged, as the flip TTA does, so the output is still a logit and every
+    consumer (losses, thresholds, ONNX export) treats an ensemble as one network. The
+    members are trained as separate runs (one per cross-validation fold, as nnU-Net ships
+    its models) and joined by `checkpoint.bundle`.
+    """
+
+    def __init__(self, in_channels: int, cfg: ModelConfig):
+        super().__init__()
+        self.members = nn.ModuleList(UNet(in_channels, cfg) for _ in range(cfg.members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
+def build_model(in_channels: int, cfg: ModelConfig) -> nn.Module:
+    """A UNet, or an Ensemble of cfg.members UNets (state-dict keys members.<i>.*)."""
+    return UNet(in_channels, cfg) if cfg.members == 1 else Ensemble(in_channels, cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, metrics, viz
-from .data import read_patient
+from .data import DataError, read_patient
 from .evaluate import (
     Evaluation,
     LoadedModel,
@@ -35,7 +35,7 @@ from .evaluate import (
 from .nifti import read_nifti
 from .preprocess import FLAIR
 
-CASE_FIELDS = ["case", "site", "dice", "iou", "precision", "recall", "pixel_accuracy", "hd95",
+CASE_FIELDS = ["case", "site", "fold", "dice", "iou", "precision", "recall", "pixel_accuracy", "hd95",
                "volume_true", "volume_pred", "abs_volume_diff", "slices", "tumour_slices",
                "seconds"]
 TABLE_SCORES = [("dice", "Dice (PV-DSC)", 3), ("iou", "IoU", 3), ("precision", "Precision", 3),
@@ -64,10 +64,12 @@ def json_safe(obj):
 
 
 def per_case_rows(ev: Evaluation) -> list[dict]:
+    """One row per patient; "fold" is the cross-validation fold that scored it (else None)."""
+    fold_of = {case: i for i, fold in enumerate(ev.folds or []) for case in fold["cases"]}
     rows = []
     for r in ev.cases:
-        row = {"case": r.case, "site": r.site, **{k: r.scores[k] for k in CASE_FIELDS
-                                                   if k in r.scores}}
+        row = {"case": r.case, "site": r.site, "fold": fold_of.get(r.case),
+               **{k: r.scores[k] for k in CASE_FIELDS if k in r.scores}}
         row["tumour_slices"] = int(np.count_nonzero(r.slices.tp + r.slices.fn))
         row["seconds"] = round(r.seconds, 3)
         row["variants"] = dict(r.variant_dice)
@@ -92,6 +94,7 @@ def build_summary(ev: Evaluation, model: LoadedModel | None = None) -> dict:
         "folds": by_fold(ev.cases, ev.folds),
         "variants": variant_table(ev.cases, ev.variants, ev.post),
         "model": model_info,
+        "units": {"hd95": ev.hd95_unit, "volume": "voxels"},
         "config": {"data": str(ev.data), "cases": names, "post": dataclasses.asdict(ev.post),
                    "model_config": ev.cfg.to_dict(), **ev.settings},
         "timing": {"seconds": round(ev.seconds, 2), "patients": len(names), "slices": slices,
@@ -147,6 +150,23 @@ def write_report(out_dir: Path, ev: Evaluation, model: LoadedModel | None = None
     _write(out_dir / "per_case.csv", per_case_csv(summary["per_case"]))
     _write(out_dir / "report.html", render_html(summary, figures(ev, model)))
     return summary
+
+
+def read_case_scores(path: Path, variant: str | None = None) -> dict[str, float]:
+    """{patient: PV-DSC} of an evaluation folder (or its summary.json); null -> NaN.
+
+    `variant` (a name of the variants table, e.g. "plain" or "+TTA") picks that
+    post-processing instead of the one the evaluation used.
+    """
+    path = Path(path)
+    path = path / "summary.json" if path.is_dir() else path
+    try:
+        rows = json.loads(path.read_text())["per_case"]
+        scores = {r["case"]: r["dice"] if variant is None else r["variants"][variant] for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        what = f"no variant {variant!r}" if isinstance(exc, KeyError) and variant else "unreadable"
+        raise DataError(f"{path}: not a gliomaseg evaluation summary ({what})") from None
+    return {case: math.nan if v is None else float(v) for case, v in scores.items()}
 
 
 def per_case_csv(rows: list[dict]) -> str:
@@ -247,7 +267,7 @@ def _cards(s: dict) -> str:
         ("Mean PV-DSC", _fmt(a["dice_mean"]), f"95% CI {_ci(a['dice_ci95'])}"),
         ("Median PV-DSC", _fmt(a["dice_median"]), f"{a['dice_n']} of {a['cases']} patients"),
         ("Mean IoU", _fmt(a["iou_mean"]), f"median {_fmt(a['iou_median'])}"),
-        ("Median HD95", _fmt(a["hd95_median"], 1), "voxels"),
+        ("Median HD95", _fmt(a["hd95_median"], 1), s["units"]["hd95"]),
         ("Slice detection", f"{_fmt(det['sensitivity'], 2)} / {_fmt(det['specificity'], 2)}",
          "sensitivity / specificity"),
         ("Evaluation time", f"{_fmt(s['timing']['seconds'], 0)} s",
@@ -260,9 +280,9 @@ def _cards(s: dict) -> str:
         for label, value, extra in cards) + "</div>"
 
 
-def _aggregate_table(a: dict) -> str:
+def _aggregate_table(a: dict, hd95_unit: str) -> str:
     rows = "".join(
-        f"<tr><td>{label}</td><td>{_fmt(a[f'{k}_mean'], d)}</td><td>{_fmt(a[f'{k}_median'], d)}"
+        f"<tr><td>{label.replace('HD95 (voxels)', f'HD95 ({hd95_unit})')}</td><td>{_fmt(a[f'{k}_mean'], d)}</td><td>{_fmt(a[f'{k}_median'], d)}"
         f"</td><td>{_fmt(a[f'{k}_std'], d)}</td><td>{_ci(a[f'{k}_ci95'], d)}</td>"
         f"<td>{a[f'{k}_n']}</td></tr>" for k, label, d in TABLE_SCORES)
     excluded = a["excluded_empty"]
@@ -364,7 +384,8 @@ DEFINITIONS = [
                "256x256 grid; the headline number, averaged over patients."),
     ("IoU", "TP / (TP + FP + FN). Precision TP / (TP + FP); recall TP / (TP + FN)."),
     ("HD95", "95th-percentile symmetric Hausdorff distance between the 3D surfaces (MONAI), in "
-             "voxels (in-plane pixels; one slice step counts as 1)."),
+             "voxels (in-plane pixels; one slice step counts as 1), or in mm when the input "
+             "gives its voxel size (NIfTI)."),
     ("Empty cases", "When truth and prediction are both empty a score is undefined and the "
                     "patient or slice is excluded from means, never scored 1. A prediction "
                     "on a tumour-free slice scores 0."),
@@ -415,7 +436,7 @@ post-processing: {html.escape(post_text)} &middot; gliomaseg {html.escape(s['gli
 decisions. Scores describe these patients and this model only.</div>
 {_warnings(s)}
 {_cards(s)}
-<section><h2>Aggregate metrics</h2>{_aggregate_table(a)}</section>
+<section><h2>Aggregate metrics</h2>{_aggregate_table(a, s["units"]["hd95"])}</section>
 {_fold_table(s['folds'])}
 <section><h2>Post-processing and test-time augmentation</h2>{_variants_table(s['variants'])}
 </section>

@@ -100,7 +100,7 @@ def _model_info(segmenter: Any) -> dict:
     cfg = segmenter.cfg
     return {"backend": getattr(segmenter, "backend", "torch"), "size": cfg.data.size,
             "channels": cfg.data.channels, "context": cfg.data.context,
-            "threshold": cfg.post.threshold}
+            "threshold": cfg.post.threshold, "networks": cfg.model.members}
 
 
 def _sweep_dirs(root: Path, ttl: float, active: set[Path]) -> None:

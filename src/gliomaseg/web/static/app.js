@@ -199,7 +199,7 @@ async function loadLimits() {
     const health = await (await fetch("/health")).json();
     const m = health.model;
     $("model-info").textContent = `${m.backend} · ${m.channels} · ${m.size} px grid` +
-      (m.context ? ` · 2.5D ±${m.context}` : "");
+      (m.context ? ` · 2.5D ±${m.context}` : "") + (m.networks > 1 ? ` · ensemble of ${m.networks}` : "");
   } catch (e) {
     showError("Cannot reach the server. Is 'gliomaseg serve' still running?");
   }
