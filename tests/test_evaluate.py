@@ -86,15 +86,18 @@ def test_single_tta_setting_is_one_call_of_inference():
 
 def test_standard_variants_and_chosen_row():
     names = [v.name for v in standard_variants(PostConfig())]
-    assert names == ["plain", "+TTA", "+largest component", f"+min size {VARIANT_MIN_SIZE}",
-                     "combined"]
+    assert names == ["plain", "+TTA", "+largest component", "+largest by voxels",
+                     f"+min size {VARIANT_MIN_SIZE}", "combined"]
     combined = standard_variants(PostConfig())[-1].post
     assert combined.tta and combined.largest_component and combined.min_size == VARIANT_MIN_SIZE
+    assert combined.largest_by == "probability"
+    by_voxels = standard_variants(PostConfig(largest_by="voxels"))
+    assert by_voxels[3].name == "+largest by probability" and by_voxels[2].post.largest_by == "voxels"
     custom = PostConfig(threshold=0.4, fill_holes=True)
     variants = standard_variants(custom)
     assert variants[-1].name == "chosen" and variants[-1].post == custom
     assert all(v.post.threshold == 0.4 for v in variants)
-    assert standard_variants(PostConfig(min_size=50))[3].name == "+min size 50"
+    assert standard_variants(PostConfig(min_size=50))[4].name == "+min size 50"
 
 
 def test_chosen_post_overrides_only_what_is_given():
@@ -103,6 +106,8 @@ def test_chosen_post_overrides_only_what_is_given():
     assert post.tta and post.largest_component and post.min_size == 7
     assert chosen_post(PostConfig(min_size=7), min_size=0).min_size == 0
     assert chosen_post(PostConfig(tta=True)).tta  # None keeps the model's setting
+    assert chosen_post(PostConfig(), largest_by="voxels").largest_by == "voxels"
+    assert chosen_post(PostConfig(largest_by="voxels")).largest_by == "voxels"
     off = chosen_post(PostConfig(tta=True), tta=False, largest_component=False)
     assert not off.tta and not off.largest_component  # --no-tta, --no-largest-component
 
@@ -181,8 +186,10 @@ def test_variant_table_marks_the_chosen_row():
     variants = [v for v in standard_variants(PostConfig()) if not v.post.tta]
     results = [score_case(c, truth, {False: probs}, PLAIN, variants) for c in "XY"]
     rows = variant_table(results, variants, PLAIN)
-    assert [r["chosen"] for r in rows] == [True, False, False]
+    assert [r["chosen"] for r in rows] == [True, False, False, False]
     assert rows[1]["dice_mean"] == 1.0 and rows[1]["largest_component"] is True
+    assert [r["largest_by"] for r in rows[1:3]] == ["probability", "voxels"]
+    assert rows[2]["dice_mean"] == 1.0  # the speck loses by either rule
     assert rows[0]["dice_median"] == pytest.approx(64 / 65) and rows[0]["n"] == 2
 
 

@@ -9,7 +9,7 @@ import gliomaseg
 from gliomaseg.checkpoint import CheckpointError
 from gliomaseg.config import PostConfig
 from gliomaseg.data import DataError, read_patient
-from gliomaseg.inference import as_volume, segment, torch_logits_fn
+from gliomaseg.inference import as_volume, postprocess, segment, torch_logits_fn
 from gliomaseg.preprocess import prepare_volume
 
 
@@ -116,3 +116,21 @@ def test_load_model_rejects_bad_inputs(tiny_checkpoint, tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
         gliomaseg.load_model(junk)
+
+
+def test_largest_component_by_probability_mass_or_by_voxels():
+    """A large lukewarm false region beats a small sure tumour by voxels, not by mass."""
+    probs = np.zeros((6, 40, 40), np.float32)
+    probs[:, 2:12, 2:12] = 0.55  # false region: 600 voxels, mass 330
+    probs[1:4, 25:35, 25:35] = 0.99  # tumour: 300 voxels, mass 297
+    probs[1:4, 25:35, 35:37] = 0.99  # ... 360 voxels, mass 356.4
+    probs[0, 38, 38] = 1.0  # a speck, below min_size
+    tumour = np.zeros(probs.shape, np.uint8)
+    tumour[1:4, 25:35, 25:37] = 1
+    by_mass = postprocess(probs, PostConfig(largest_component=True, largest_by="probability"))
+    by_voxels = postprocess(probs, PostConfig(largest_component=True, largest_by="voxels"))
+    np.testing.assert_array_equal(by_mass, tumour)
+    np.testing.assert_array_equal(by_voxels, (probs == np.float32(0.55)).astype(np.uint8))
+    both = postprocess(probs, PostConfig(largest_component=False, min_size=10))
+    assert both.sum() == 600 + 360 and both.dtype == np.uint8  # the speck is gone
+    assert not postprocess(np.full((2, 8, 8), 0.2, np.float32), PostConfig()).any()

@@ -362,7 +362,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = models[0] if models else load_for_evaluation(args.model, backend=args.backend,
                                                           fp32=not args.as_validated)
     posts = [chosen_post(m.cfg.post, tta=args.tta, largest_component=args.largest_component,
-                         min_size=args.min_size) for m in models or [model]]
+                         min_size=args.min_size, largest_by=args.largest_by)
+             for m in models or [model]]
     common = {"variants": not args.no_variants, "batch_size": args.batch_size, "progress": True,
               "settings": {"precision": model.info["precision"], "backend": args.backend}}
     if models:
@@ -663,6 +664,9 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
                    help="average with the left-right flip (default: the model's setting)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
                    help="keep only the largest 3D connected component per patient "
+                        "(default: the model's setting)")
+    p.add_argument("--largest-by", choices=["probability", "voxels"],
+                   help="what 'largest' means: summed probability or voxel count "
                         "(default: the model's setting)")
     p.add_argument("--min-size", type=int, metavar="VOXELS",
                    help="drop 3D components smaller than this (default: the model's setting)")

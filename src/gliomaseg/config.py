@@ -89,6 +89,10 @@ class PostConfig:
     threshold: float = 0.5
     tta: bool = False  # average over flips at test time
     largest_component: bool = True  # keep only the largest 3D component per patient (README)
+    # "Largest" by summed probability (mass) or by voxel count. Mass: on the 81-patient
+    # cross-validation it changed one patient, whose largest-by-voxels component was a
+    # false region, from 0.00 to 0.72, and no other (MODEL.md).
+    largest_by: Literal["probability", "voxels"] = "probability"
     min_size: int = 0  # drop 3D components smaller than this many voxels
     fill_holes: bool = False
 
@@ -167,6 +171,8 @@ def validate(cfg: Config) -> Config:
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (cfg.model.members >= 1, "model.members must be >= 1"),
         (0.0 < cfg.post.threshold < 1.0, "post.threshold must be in (0, 1)"),
+        (cfg.post.largest_by in ("probability", "voxels"),
+         "post.largest_by must be 'probability' or 'voxels'"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.budget_clock in ("wall", "cpu"), "train.budget_clock must be 'wall' or 'cpu'"),
     ]

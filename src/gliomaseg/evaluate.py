@@ -91,17 +91,19 @@ class Evaluation:
 
 
 def standard_variants(post: PostConfig) -> list[Variant]:
-    """plain, +TTA, +largest component, +min size, combined; plus `post` itself if different.
+    """plain, +TTA, +largest component (both rules), +min size, combined; plus `post` if different.
 
     All share `post`'s threshold, so the table isolates the effect of each option.
     """
     plain = PostConfig(threshold=post.threshold, tta=False, largest_component=False, min_size=0,
-                       fill_holes=False)
+                       fill_holes=False, largest_by=post.largest_by)
+    other = "voxels" if post.largest_by == "probability" else "probability"
     size = post.min_size or VARIANT_MIN_SIZE
     variants = [
         Variant("plain", plain),
         Variant("+TTA", replace(plain, tta=True)),
         Variant("+largest component", replace(plain, largest_component=True)),
+        Variant(f"+largest by {other}", replace(plain, largest_component=True, largest_by=other)),
         Variant(f"+min size {size}", replace(plain, min_size=size)),
         Variant("combined", replace(plain, tta=True, largest_component=True, min_size=size)),
     ]
@@ -142,7 +144,7 @@ def score_case(case: str, truth: np.ndarray, probs: dict[bool, np.ndarray], post
         if p not in masks:
             with warnings.catch_warnings():  # scikit-image >= 0.26 deprecates what MONAI passes
                 warnings.simplefilter("ignore", FutureWarning)
-                masks[p] = postprocess(probs[p.tta] >= p.threshold, p)
+                masks[p] = postprocess(probs[p.tta], p)
         return masks[p]
 
     pred = mask_for(post)
@@ -334,6 +336,7 @@ def variant_table(results: list[CaseResult], variants: list[Variant], chosen: Po
         stats = metrics.summarize([r.variant_dice[v.name] for r in results])
         rows.append({"name": v.name, "tta": v.post.tta,
                      "largest_component": v.post.largest_component,
+                     "largest_by": v.post.largest_by,
                      "min_size": v.post.min_size, "fill_holes": v.post.fill_holes,
                      "threshold": v.post.threshold, "dice_mean": stats["mean"],
                      "dice_median": stats["median"], "n": stats["n"],
@@ -449,9 +452,10 @@ def _read_run_json(path: Path) -> dict | None:
 
 
 def chosen_post(post: PostConfig, tta: bool | None = None, largest_component: bool | None = None,
-                min_size: int | None = None) -> PostConfig:
+                min_size: int | None = None, largest_by: str | None = None) -> PostConfig:
     """The model's own post-processing with the command-line choices (None: keep the model's)."""
     return replace(post, tta=post.tta if tta is None else tta,
                    largest_component=(post.largest_component if largest_component is None
                                       else largest_component),
-                   min_size=post.min_size if min_size is None else min_size)
+                   min_size=post.min_size if min_size is None else min_size,
+                   largest_by=post.largest_by if largest_by is None else largest_by)

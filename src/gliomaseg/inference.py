@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import skimage.measure
 import torch
 import torch.nn.functional as F
 from monai.transforms import FillHoles, KeepLargestConnectedComponent, RemoveSmallObjects
@@ -85,23 +86,40 @@ def to_native(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
-def postprocess(mask: np.ndarray, cfg: PostConfig) -> np.ndarray:
-    """3D post-processing of a binary (S, H, W) patient mask, with MONAI's components.
+def postprocess(probs: np.ndarray, cfg: PostConfig) -> np.ndarray:
+    """Threshold (S, H, W) patient probabilities, then 3D post-processing -> uint8 {0, 1} mask.
 
     Components are 3D (26-connected across slices), so a tumour that spans slices is
-    one object. Order: drop components below `min_size` voxels, keep the largest,
-    fill holes.
+    one object. Order: drop components below `min_size` voxels, keep the largest (by
+    summed probability or by voxels, `cfg.largest_by`), fill holes. MONAI's transforms,
+    except the probability-weighted choice, which MONAI lacks: scikit-image's labelling
+    (what MONAI uses) and a weighted count.
     """
-    m = torch.from_numpy(mask.astype(np.uint8))[None]  # (1, S, H, W): MONAI wants a channel
+    m = torch.from_numpy((probs >= cfg.threshold).astype(np.uint8))[None]  # (1, S, H, W)
     if cfg.min_size > 0 and m.any():
         with warnings.catch_warnings():  # scikit-image >= 0.26 deprecates MONAI's call
             warnings.simplefilter("ignore", FutureWarning)
             m = RemoveSmallObjects(min_size=cfg.min_size, connectivity=3)(m)
     if cfg.largest_component and m.any():
-        m = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(m)
+        if cfg.largest_by == "voxels":
+            m = KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(m)
+        else:
+            m = torch.from_numpy(heaviest_component(np.asarray(m[0]), probs))[None]
     if cfg.fill_holes and m.any():
         m = FillHoles(applied_labels=[1])(m)
     return np.asarray(m[0], dtype=np.uint8)
+
+
+def heaviest_component(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The 26-connected 3D component of `mask` with the largest summed probability.
+
+    A large, lukewarm false region loses to a smaller tumour the network is sure of.
+    """
+    labels = skimage.measure.label(mask, connectivity=3)
+    mass = np.bincount(labels.ravel(), weights=probs.ravel().astype(np.float64))
+    mass[0] = -1.0  # background
+    return (labels == int(mass.argmax())).astype(np.uint8)
+
 
 
 def segment(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
@@ -109,7 +127,7 @@ def segment(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
     """Prepared volume (S, C, h, w) -> (mask (S, H, W) uint8 {0,1}, probabilities (S, H, W))."""
     probs = to_native(probabilities(logits_fn, x, batch_size=batch_size, tta=post.tta),
                       native_shape)
-    return postprocess(probs >= post.threshold, post), probs
+    return postprocess(probs, post), probs
 
 
 # --- public model API: load_model -> Segmenter.predict -> Prediction ---------------------------

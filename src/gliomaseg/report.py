@@ -282,7 +282,8 @@ def _cards(s: dict) -> str:
 
 def _aggregate_table(a: dict, hd95_unit: str) -> str:
     rows = "".join(
-        f"<tr><td>{label.replace('HD95 (voxels)', f'HD95 ({hd95_unit})')}</td><td>{_fmt(a[f'{k}_mean'], d)}</td><td>{_fmt(a[f'{k}_median'], d)}"
+        f"<tr><td>{label.replace('(voxels)', f'({hd95_unit})') if k == 'hd95' else label}</td>"
+        f"<td>{_fmt(a[f'{k}_mean'], d)}</td><td>{_fmt(a[f'{k}_median'], d)}"
         f"</td><td>{_fmt(a[f'{k}_std'], d)}</td><td>{_ci(a[f'{k}_ci95'], d)}</td>"
         f"<td>{a[f'{k}_n']}</td></tr>" for k, label, d in TABLE_SCORES)
     excluded = a["excluded_empty"]
@@ -308,7 +309,7 @@ def _variants_table(rows: list[dict]) -> str:
         tag = '<span class="tag">used above</span>' if r["chosen"] else ""
         body.append(
             f'<tr class="{"chosen" if r["chosen"] else ""}"><td>{html.escape(r["name"])}{tag}</td>'
-            f"<td>{_fmt(r['tta'])}</td><td>{_fmt(r['largest_component'])}</td>"
+            f"<td>{_fmt(r['tta'])}</td><td>{'by ' + r['largest_by'] if r['largest_component'] else 'no'}</td>"
             f"<td>{r['min_size'] or '-'}</td><td>{mean}</td><td>{_fmt(r['dice_median'])}</td>"
             f"<td>{r['n']}</td></tr>")
     return ("<table><thead><tr><th>variant</th><th>flip TTA</th><th>largest 3D component</th>"
@@ -402,7 +403,8 @@ def render_html(s: dict, figs: dict) -> str:
     post = cfg["post"]
     post_text = ", ".join([f"threshold {post['threshold']}"]
                           + (["flip TTA"] if post["tta"] else [])
-                          + (["largest 3D component"] if post["largest_component"] else [])
+                          + ([f"largest 3D component (by {post['largest_by']})"]
+                             if post["largest_component"] else [])
                           + ([f"min size {post['min_size']} voxels"] if post["min_size"] else [])
                           + (["fill holes"] if post["fill_holes"] else []))
     model_text = f"<code>{html.escape(m.get('path', 'unknown model'))}</code>"
