@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv clean
+.PHONY: demo test lint install model cv seeds clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -40,7 +40,7 @@ clean:
 # trains two at a time); each fold's model scores its own validation patients and the report
 # pools all of them (the card's numbers); the five networks are then bundled as one ensemble.
 FOLDS := 0 1 2 3 4
-POST := --tta --largest-component --min-size 200
+POST := --tta --largest-component --largest-by probability --min-size 200
 
 model: $(RUN)-cv/summary.json
 	$(BIN)/gliomaseg bundle $(foreach f,$(FOLDS),$(RUN)-fold$(f)) --post configs/bundled-post.json \
@@ -59,3 +59,26 @@ $(RUN)-splits.json: | $(STAMP)
 $(RUN)-fold%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-fold$* --splits $(RUN)-splits.json \
 		--val-fold $* --config configs/bundled.json --overwrite
+
+# `make -j2 seeds DATA=...` after `make model`: the evidence for shipping an ensemble
+# (MODEL.md, "Why an ensemble"). Fold 0 is trained again with seeds 1 and 2; each network
+# and the ensemble of the three score fold 0's validation patients; `compare` prints the
+# paired differences (the ensemble against each network).
+SEEDS := 1 2
+FOLD0 = $$($(BIN)/python -c "import json; print(*json.load(open('$(RUN)-fold0/run.json'))['val'])")
+
+seeds: $(foreach s,$(SEEDS),$(RUN)-seed$(s)/best.pt) $(RUN)-cv/summary.json
+	$(BIN)/gliomaseg bundle $(RUN)-fold0 $(foreach s,$(SEEDS),$(RUN)-seed$(s)) \
+		--post configs/bundled-post.json -o $(RUN)-seeds.pt --overwrite
+	$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)-seeds.pt --cases $(FOLD0) \
+		-o $(RUN)-seeds-eval --overwrite
+	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-seeds-eval
+	for s in $(SEEDS); do \
+		$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)-seed$$s/best.pt $(POST) --cases $(FOLD0) \
+			-o $(RUN)-seed$$s-eval --overwrite && \
+		$(BIN)/gliomaseg compare $(RUN)-seed$$s-eval $(RUN)-seeds-eval || exit 1; \
+	done
+
+$(RUN)-seed%/best.pt: | $(RUN)-splits.json
+	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-seed$* --splits $(RUN)-splits.json \
+		--val-fold 0 --config configs/bundled.json --set train.seed=$* --overwrite

@@ -68,7 +68,7 @@ def test_summary_json_is_strict_and_complete(report_dir, synth_root):
         assert field in on_disk["per_case"][0]
     assert on_disk["per_case"][0]["slices"] == 12
     assert {"detection", "dice", "slices"} <= set(on_disk["slice_level"])
-    assert len(on_disk["variants"]) == 5 and on_disk["timing"]["patients"] == 4
+    assert len(on_disk["variants"]) == 6 and on_disk["timing"]["patients"] == 4
     assert on_disk["model"]["epoch"] >= 1 and on_disk["config"]["post"]["threshold"] == 0.5
 
 
