@@ -175,3 +175,18 @@ def test_train_refuses_an_ensemble_from_scratch(synth_root, tmp_path, capsys):
     assert main(["train", str(synth_root), "-o", str(tmp_path / "r"),
                  "--set", "model.members=3"]) == 2
     assert "join them with 'gliomaseg bundle" in capsys.readouterr().err
+
+
+def test_an_ensemble_fine_tunes_as_a_whole_and_resumes(tiny_run, synth_root, tmp_path):
+    """--init with an ensemble trains all its networks on the mean logits; --resume works."""
+    from conftest import TINY
+
+    ens = tmp_path / "ens.pt"
+    assert main(["bundle", str(tiny_run), str(tiny_run), "-o", str(ens)]) == 0
+    tiny = tmp_path / "tiny.json"
+    tiny.write_text(json.dumps(TINY.replace(train={"max_epochs": 1}).to_dict()))
+    run = tmp_path / "ft"
+    assert main(["train", str(synth_root), "-o", str(run), "--init", str(ens),
+                 "--config", str(tiny), "--no-cache"]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["members"] == 2
+    assert main(["train", "--resume", str(run), "--no-cache"]) == 0

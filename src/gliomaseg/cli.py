@@ -140,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not train_cases or not val_cases:
             raise UsageError(f"{data}: need at least one training and one validation patient")
     init = args.init
-    if cfg.model.members != 1 and init is None:
+    # An ensemble trains only as a whole fine-tune (--init, and its --resume).
+    if cfg.model.members != 1 and init is None and not args.resume:
         raise UsageError("model.members: a run trains one network; train each member as its "
                          "own run and join them with 'gliomaseg bundle RUN... -o model.pt'")
     if init is not None and str(init) == "bundled":
