@@ -63,21 +63,27 @@ $(RUN)-fold%/best.pt: | $(RUN)-splits.json
 # `make -j2 seeds DATA=...` after `make model`: the evidence for shipping an ensemble
 # (MODEL.md, "Why an ensemble"). Fold 0 is trained again with seeds 1 and 2; each network
 # and the ensemble of the three score fold 0's validation patients; `compare` prints the
-# paired differences (the ensemble against each network).
+# paired differences (the ensemble against each network, with post-processing and plain),
+# then what flip TTA adds to the ensemble.
 SEEDS := 1 2
-FOLD0 = $$($(BIN)/python -c "import json; print(*json.load(open('$(RUN)-fold0/run.json'))['val'])")
+VAL = $$($(BIN)/python -c "import json; print(*json.load(open('$(1)/run.json'))['val'])")
 
-seeds: $(foreach s,$(SEEDS),$(RUN)-seed$(s)/best.pt) $(RUN)-cv/summary.json
+.PRECIOUS: $(RUN)-seed%/best.pt
+
+seeds: $(foreach s,$(SEEDS),$(RUN)-seed$(s)-eval/summary.json) $(RUN)-cv/summary.json
 	$(BIN)/gliomaseg bundle $(RUN)-fold0 $(foreach s,$(SEEDS),$(RUN)-seed$(s)) \
 		--post configs/bundled-post.json -o $(RUN)-seeds.pt --overwrite
-	$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)-seeds.pt --cases $(FOLD0) \
+	$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)-seeds.pt --cases $(call VAL,$(RUN)-fold0) \
 		-o $(RUN)-seeds-eval --overwrite
-	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-seeds-eval
-	for s in $(SEEDS); do \
-		$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)-seed$$s/best.pt $(POST) --cases $(FOLD0) \
-			-o $(RUN)-seed$$s-eval --overwrite && \
-		$(BIN)/gliomaseg compare $(RUN)-seed$$s-eval $(RUN)-seeds-eval || exit 1; \
+	for a in $(RUN)-cv $(foreach s,$(SEEDS),$(RUN)-seed$(s)-eval); do \
+		$(BIN)/gliomaseg compare $$a $(RUN)-seeds-eval && \
+		$(BIN)/gliomaseg compare $$a $(RUN)-seeds-eval --variant plain || exit 1; \
 	done
+	$(BIN)/gliomaseg compare $(RUN)-seeds-eval $(RUN)-seeds-eval --variant plain +TTA
+
+$(RUN)-seed%-eval/summary.json: $(RUN)-seed%/best.pt
+	$(BIN)/gliomaseg evaluate $(DATA) --model $< $(POST) --cases $(call VAL,$(RUN)-seed$*) \
+		-o $(RUN)-seed$*-eval --overwrite
 
 $(RUN)-seed%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-seed$* --splits $(RUN)-splits.json \

@@ -89,8 +89,8 @@ def bundle(sources: list[Path], dst: Path, post: dict | None = None, fp16: bool 
             raise CheckpointError(f"{src}: data or model settings differ from {sources[0]}; "
                                   "ensemble members must be one network shape")
     cfg = cfgs[0].replace(model={"members": len(states)}, post=post or {})
-    prefix = (lambda i: "") if len(states) == 1 else (lambda i: f"members.{i}.")
-    weights = {prefix(i) + k: v.half() if fp16 and v.is_floating_point() else v
+    weights = {(k if len(states) == 1 else f"members.{i}.{k}"):
+               v.half() if fp16 and v.is_floating_point() else v
                for i, state in enumerate(states) for k, v in state["model"].items()}
     provenance = [_provenance(src, state) for src, state in zip(sources, states, strict=True)]
     out = {"model": weights, "config": cfg.to_dict(), "members": provenance,

@@ -121,7 +121,6 @@ def heaviest_component(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return (labels == int(mass.argmax())).astype(np.uint8)
 
 
-
 def segment(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
             post: PostConfig, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Prepared volume (S, C, h, w) -> (mask (S, H, W) uint8 {0,1}, probabilities (S, H, W))."""
