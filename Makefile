@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv seeds clean
+.PHONY: demo test lint install model cv seeds restart clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -88,3 +88,32 @@ $(RUN)-seed%-eval/summary.json: $(RUN)-seed%/best.pt
 $(RUN)-seed%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-seed$* --splits $(RUN)-splits.json \
 		--val-fold 0 --config configs/bundled.json --set train.seed=$* --overwrite
+
+# `make -j2 restart DATA=...` after `make model`: does longer training help? (MODEL.md,
+# "Longer training"). Each fold's network trains 25 more CPU minutes from its own weights (a
+# warm restart at lr 1e-3) and the restarted networks are cross-validated; then each fold's
+# two networks, before and after, are bundled as a pair and cross-validated too (each pair
+# never trained on its fold, so this ensemble's estimate is a true cross-validation).
+# `compare` prints both against the bundled recipe, with post-processing and plain.
+RESTART := --set train.lr=0.001 --set train.max_minutes=25
+
+restart: $(RUN)-restart-cv/summary.json $(RUN)-pairs-cv/summary.json $(RUN)-cv/summary.json
+	for b in $(RUN)-restart-cv $(RUN)-pairs-cv; do \
+		$(BIN)/gliomaseg compare $(RUN)-cv $$b && \
+		$(BIN)/gliomaseg compare $(RUN)-cv $$b --variant plain || exit 1; \
+	done
+
+$(RUN)-restart-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-restart$(f)/best.pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(foreach f,$(FOLDS),$(RUN)-restart$(f)) $(POST) \
+		-o $(RUN)-restart-cv --overwrite
+
+$(RUN)-pairs-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-pair$(f).pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(POST) -o $(RUN)-pairs-cv --overwrite
+
+$(RUN)-pair%.pt: $(RUN)-fold%/best.pt $(RUN)-restart%/best.pt
+	$(BIN)/gliomaseg bundle $(RUN)-fold$* $(RUN)-restart$* --post configs/bundled-post.json -o $@ \
+		--overwrite
+
+$(RUN)-restart%/best.pt: $(RUN)-fold%/best.pt
+	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-restart$* --splits $(RUN)-splits.json \
+		--val-fold $* --config configs/bundled.json --init $< $(RESTART) --overwrite

@@ -1,0 +1,55 @@
+"""The Makefile recipes behind the model card (`make model`, `seeds`, `restart`), dry-run.
+
+`make -n` prints the commands without running them, so these tests check the wiring that
+the card's numbers depend on: which checkpoint each run starts from, which runs each
+cross-validation pools, and that no trained network is deleted as an intermediate file.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def dry_run(tmp_path: Path, *targets: str) -> list[str]:
+    """The commands `make -n TARGETS` would run, one per line (continuations joined)."""
+    out = subprocess.run(["make", "-n", "-C", str(ROOT), *targets, "DATA=data", f"RUN={tmp_path}/r"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_model_trains_every_fold_then_cross_validates_and_bundles_them(tmp_path):
+    lines = dry_run(tmp_path, "model")
+    run = f"{tmp_path}/r"
+    trains = [line for line in lines if " train data " in line]
+    assert [re.search(r"--val-fold (\d)", t).group(1) for t in trains] == list("01234")
+    assert all(f"-o {run}-fold{k} " in t for k, t in zip(range(5), trains, strict=True))
+    cv = next(line for line in lines if " evaluate data --cv " in line)
+    assert all(f"{run}-fold{k}" in cv for k in range(5))
+    assert any(" bundle " in line and "weights/model.pt" in line for line in lines)
+
+
+def test_restart_starts_each_fold_from_its_own_network_and_pairs_them(tmp_path):
+    lines = dry_run(tmp_path, "restart")
+    run = f"{tmp_path}/r"
+    for k in range(5):
+        restart = next(line for line in lines if f"-o {run}-restart{k} " in line)
+        assert f"--val-fold {k} " in restart and f"--init {run}-fold{k}/best.pt" in restart
+        pair = next(line for line in lines if f"-o {run}-pair{k}.pt" in line)
+        assert f"bundle {run}-fold{k} {run}-restart{k} " in pair
+    evaluations = [line for line in lines if " evaluate data --cv " in line]
+    assert any(f"{run}-restart4 " in e and "-o " + f"{run}-restart-cv" in e for e in evaluations)
+    assert any(f"{run}-pair4.pt " in e and "-o " + f"{run}-pairs-cv" in e for e in evaluations)
+
+
+def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
+    lines = dry_run(tmp_path, "model", "seeds", "restart")
+    assert not [line for line in lines if line.startswith("rm ")]
+    assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 2
