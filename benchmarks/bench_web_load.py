@@ -57,16 +57,16 @@ def patient_zip(tmp: Path, slices: int, size: int) -> bytes:
     return buf.getvalue()
 
 
-def get_model(path: Path | None, tmp: Path):
+def get_model(path: Path | None, tmp: Path, backend: str = "torch"):
     from gliomaseg.checkpoint import CheckpointError, save_checkpoint
     from gliomaseg.config import Config
     from gliomaseg.inference import load_model
     from gliomaseg.model import build_model
 
     if path is not None:
-        return load_model(path), str(path)
+        return load_model(path, backend), f"{path} ({backend})"
     try:
-        return load_model(None), "bundled model"
+        return load_model(None, backend), f"bundled model ({backend})"
     except CheckpointError:
         cfg = Config()
         model = build_model(cfg.data.in_channels, cfg.model)
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         tmp = Path(tmp)
         body = patient_zip(tmp, args.slices, args.size)
-        segmenter, model_name = get_model(args.model, tmp)
+        segmenter, model_name = get_model(args.model, tmp, args.backend)
         settings = WebSettings(max_concurrent=args.server_concurrency,
                                max_queue=max(8, args.concurrency), temp_root=tmp)
         url, server, thread = start_server(create_app(segmenter, settings))
@@ -201,6 +201,8 @@ def main() -> int:
     p.add_argument("--slices", type=int, default=24)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--model", type=Path)
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx without --model: the bundled model, exported once into the cache")
     p.add_argument("--time-limit", type=float, default=300.0, help="seconds per request")
     p.add_argument("--json", action="store_true", help="print only the JSON report")
     args = p.parse_args()

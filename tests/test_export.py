@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -217,3 +218,53 @@ def test_ensemble_exports_as_one_graph_with_parity(tiny_checkpoint, torch_net, t
     net, _ = torch_net
     torch.testing.assert_close(torch.from_numpy(onnx_logits_fn(tmp_path / "ens.onnx")(x)),
                                torch.from_numpy(torch_logits_fn(net)(x)), **TOL)
+
+
+def test_bundled_model_on_onnx_is_exported_once_and_reused(tiny_checkpoint, synth_root, tmp_path,
+                                                          monkeypatch):
+    from gliomaseg import inference
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(tiny_checkpoint, weights / "model.pt")
+    monkeypatch.setattr(inference, "WEIGHTS_DIR", weights)
+    monkeypatch.setenv("GLIOMASEG_CACHE", str(tmp_path / "cache"))
+    by_onnx = gliomaseg.load_model(backend="onnx")
+    exported = Path(by_onnx.source)
+    assert by_onnx.backend == "onnx" and exported.parent == tmp_path / "cache" / "onnx"
+    assert exported.name == f"model-{export.sha256(weights / 'model.pt')[:12]}.onnx"
+    first = exported.stat().st_mtime_ns
+    assert Path(gliomaseg.load_model(backend="onnx").source) == exported
+    assert exported.stat().st_mtime_ns == first  # reused, not exported again
+    by_torch = gliomaseg.load_model()
+    folder = find_patients(synth_root)[0]
+    a, b = by_torch.predict(folder), by_onnx.predict(folder)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
+    assert not list(weights.glob("*.onnx"))  # the package folder is never written to
+
+
+def test_exported_once_exports_new_weights_anew(tiny_checkpoint, tmp_path):
+    a = export.exported_once(tiny_checkpoint, tmp_path)
+    changed = tmp_path / "model.pt"
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, changed)
+    b = export.exported_once(changed, tmp_path)
+    assert a != b and a.is_file() and b.is_file()
+    x = np.zeros((1, *export.read_onnx_metadata(a)["input"]["shape"][1:]), np.float32)
+    assert not np.allclose(onnx_logits_fn(a)(x), onnx_logits_fn(b)(x))
+
+
+def test_unwritable_cache_is_a_one_line_error(tiny_checkpoint, tmp_path, monkeypatch):
+    from gliomaseg import inference
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(tiny_checkpoint, weights / "model.pt")
+    monkeypatch.setattr(inference, "WEIGHTS_DIR", weights)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GLIOMASEG_CACHE", str(blocker))
+    with pytest.raises(CheckpointError, match="GLIOMASEG_CACHE") as info:
+        gliomaseg.load_model(backend="onnx")
+    assert "\n" not in str(info.value)

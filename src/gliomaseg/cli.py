@@ -323,7 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         targets += [int8_path(out), onnx_metadata_path(int8_path(out))]
     for path in targets:
         ensure_output(path, args.overwrite, [args.calibrate] if args.calibrate else [])
-    checkpoint = args.model or bundled_model_path("torch")
+    checkpoint = args.model or bundled_model_path()
     patients = (list(iter_patients(args.calibrate, require_masks=True, cases=args.cases))
                 if args.int8 else [])  # read first: bad calibration data fails before exporting
     meta = export_checkpoint(checkpoint, out)
@@ -340,6 +340,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 1
     print(f"int8 accepted: {numbers} -> {report.path}")
     return 0
+
+
+BACKEND_HELP = ("onnx: ONNX Runtime, about 3x faster on CPU with the same masks; without "
+                "--model the bundled model is exported once into the cache (about 15 s)")
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -569,7 +573,7 @@ sharing one study between processes and machines:
                    help="address to bind (default loopback only: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", type=Path, help="checkpoint (.pt) or .onnx; default: bundled model")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload accepted")
     p.add_argument("--ttl-minutes", type=float, default=60.0,
                    help="results and temporary files are deleted after this time")
@@ -592,7 +596,7 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
                         "volume (.nii/.nii.gz)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average with the left-right flip (default: the model's setting)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
@@ -655,7 +659,7 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR",
                    help="folder for summary.json, per_case.csv and report.html")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
     p.add_argument("--cases", nargs="+", help="only these patient folders of DATA")
     p.add_argument("--cv", nargs="+", type=Path, metavar="RUN",
                    help="cross-validation: one training run folder (or its best.pt) per fold; "

@@ -176,6 +176,18 @@ def export_checkpoint(checkpoint: Path, out: Path) -> dict:
     return meta
 
 
+def exported_once(checkpoint: Path, folder: Path) -> Path:
+    """CHECKPOINT exported to FOLDER/<stem>-<sha256 prefix>.onnx on first use, reused after.
+
+    Named by the weights' hash, so new weights get a new file and a stale export is never
+    used. Both files are written atomically, so concurrent first uses cannot see a half file.
+    """
+    out = Path(folder) / f"{Path(checkpoint).stem}-{sha256(checkpoint)[:12]}.onnx"
+    if not (out.is_file() and onnx_metadata_path(out).is_file()):
+        export_checkpoint(checkpoint, out)
+    return out
+
+
 # --- int8 --------------------------------------------------------------------------------------
 
 def calibration_batches(patients: list[Patient], cfg: DataConfig, max_slices: int = 256,

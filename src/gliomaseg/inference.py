@@ -25,7 +25,7 @@ from monai.transforms import FillHoles, KeepLargestConnectedComponent, RemoveSma
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import Config, PostConfig
 from .data import DataError, Patient, read_image, read_patient
-from .preprocess import prepare_volume
+from .preprocess import cache_dir, prepare_volume
 
 # logits_fn: (N, C, H, W) float32 array -> (N, 1, H, W) float32 logits array
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -229,9 +229,9 @@ class Segmenter:
                           seconds=time.perf_counter() - start)
 
 
-def bundled_model_path(backend: str = "torch") -> Path:
-    """weights/model.pt (or model.onnx for backend "onnx"); CheckpointError when absent."""
-    path = WEIGHTS_DIR / ("model.onnx" if backend == "onnx" else "model.pt")
+def bundled_model_path() -> Path:
+    """weights/model.pt; CheckpointError when absent."""
+    path = WEIGHTS_DIR / "model.pt"
     if not path.is_file():
         raise CheckpointError(
             f"{path}: no bundled model in this installation; train one with 'gliomaseg train "
@@ -262,14 +262,25 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
 def load_model(path: str | Path | None = None, backend: str = "torch") -> Segmenter:
     """Load a model for prediction.
 
-    path None: the bundled model (weights/model.pt, or weights/model.onnx for
-    backend="onnx"). A .pt path is a checkpoint (e.g. a training run's best.pt); a
-    .onnx path needs its model.json beside it (written by `gliomaseg export`).
+    path None: the bundled model (weights/model.pt). With backend="onnx" it is exported
+    on first use into the cache folder (`export.exported_once`, about 15 s) and that file
+    is reused after: the package ships the weights once, not twice (the fp32 ONNX file of
+    the ensemble alone would be 10 MB). A .pt path is a checkpoint (e.g. a training run's
+    best.pt); a .onnx path needs its model.json beside it (written by `gliomaseg export`).
     backend "torch" needs a .pt, "onnx" an .onnx file.
     """
     if backend not in ("torch", "onnx"):
         raise CheckpointError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
-    path = bundled_model_path(backend) if path is None else Path(path)
+    if path is None and backend == "onnx":
+        from .export import exported_once  # export imports this module
+
+        folder = cache_dir() / "onnx"
+        try:
+            path = exported_once(bundled_model_path(), folder)
+        except OSError as exc:
+            raise CheckpointError(f"cannot export the bundled model into {folder} ({exc.strerror}); "
+                                  "set GLIOMASEG_CACHE to a writable folder") from None
+    path = bundled_model_path() if path is None else Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model file")
     is_onnx = path.suffix.lower() == ".onnx"
