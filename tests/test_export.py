@@ -220,14 +220,21 @@ def test_ensemble_exports_as_one_graph_with_parity(tiny_checkpoint, torch_net, t
                                torch.from_numpy(torch_logits_fn(net)(x)), **TOL)
 
 
-def test_bundled_model_on_onnx_is_exported_once_and_reused(tiny_checkpoint, synth_root, tmp_path,
-                                                          monkeypatch):
+@pytest.fixture
+def bundled_tiny(tiny_checkpoint, tmp_path, monkeypatch) -> Path:
+    """The tiny model installed as the bundled one (a weights folder of its own)."""
     from gliomaseg import inference
 
     weights = tmp_path / "weights"
     weights.mkdir()
     shutil.copy(tiny_checkpoint, weights / "model.pt")
     monkeypatch.setattr(inference, "WEIGHTS_DIR", weights)
+    return weights
+
+
+def test_bundled_model_on_onnx_is_exported_once_and_reused(bundled_tiny, synth_root, tmp_path,
+                                                          monkeypatch):
+    weights = bundled_tiny
     monkeypatch.setenv("GLIOMASEG_CACHE", str(tmp_path / "cache"))
     by_onnx = gliomaseg.load_model(backend="onnx")
     exported = Path(by_onnx.source)
@@ -255,13 +262,7 @@ def test_exported_once_exports_new_weights_anew(tiny_checkpoint, tmp_path):
     assert not np.allclose(onnx_logits_fn(a)(x), onnx_logits_fn(b)(x))
 
 
-def test_unwritable_cache_is_a_one_line_error(tiny_checkpoint, tmp_path, monkeypatch):
-    from gliomaseg import inference
-
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    shutil.copy(tiny_checkpoint, weights / "model.pt")
-    monkeypatch.setattr(inference, "WEIGHTS_DIR", weights)
+def test_unwritable_cache_is_a_one_line_error(bundled_tiny, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("GLIOMASEG_CACHE", str(blocker))

@@ -45,8 +45,8 @@ def test_restart_starts_each_fold_from_its_own_network_and_pairs_them(tmp_path):
         pair = next(line for line in lines if f"-o {run}-pair{k}.pt" in line)
         assert f"bundle {run}-fold{k} {run}-restart{k} " in pair
     evaluations = [line for line in lines if " evaluate data --cv " in line]
-    assert any(f"{run}-restart4 " in e and "-o " + f"{run}-restart-cv" in e for e in evaluations)
-    assert any(f"{run}-pair4.pt " in e and "-o " + f"{run}-pairs-cv" in e for e in evaluations)
+    assert any(f"{run}-restart4 " in e and f"-o {run}-restart-cv" in e for e in evaluations)
+    assert any(f"{run}-pair4.pt " in e and f"-o {run}-pairs-cv" in e for e in evaluations)
 
 
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):

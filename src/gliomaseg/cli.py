@@ -342,10 +342,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-BACKEND_HELP = ("onnx: ONNX Runtime, about 3x faster on CPU with the same masks; without "
-                "--model the bundled model is exported once into the cache (about 15 s)")
-
-
 # --- evaluate ----------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -436,6 +432,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser ------------------------------------------------------------------------------------
+
+BACKEND_HELP = ("onnx: ONNX Runtime, about 3x faster on CPU with the same masks; without "
+                "--model the bundled model is exported once into the cache (about 15 s)")
+
 
 def _add(sub, name: str, help_: str, examples: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_, description=help_,

@@ -239,6 +239,18 @@ def bundled_model_path() -> Path:
     return path
 
 
+def bundled_onnx_path() -> Path:
+    """The bundled model as ONNX: exported into <cache>/onnx on first use, reused after."""
+    from .export import exported_once  # export imports this module
+
+    folder = cache_dir() / "onnx"
+    try:
+        return exported_once(bundled_model_path(), folder)
+    except OSError as exc:
+        raise CheckpointError(f"cannot export the bundled model into {folder} ({exc.strerror}); "
+                              "set GLIOMASEG_CACHE to a writable folder") from None
+
+
 def onnx_metadata_path(onnx_path: Path) -> Path:
     """The JSON written beside an exported model: <stem>.json (model.onnx -> model.json)."""
     return Path(onnx_path).with_suffix(".json")
@@ -271,16 +283,9 @@ def load_model(path: str | Path | None = None, backend: str = "torch") -> Segmen
     """
     if backend not in ("torch", "onnx"):
         raise CheckpointError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
-    if path is None and backend == "onnx":
-        from .export import exported_once  # export imports this module
-
-        folder = cache_dir() / "onnx"
-        try:
-            path = exported_once(bundled_model_path(), folder)
-        except OSError as exc:
-            raise CheckpointError(f"cannot export the bundled model into {folder} ({exc.strerror}); "
-                                  "set GLIOMASEG_CACHE to a writable folder") from None
-    path = bundled_model_path() if path is None else Path(path)
+    if path is None:
+        path = bundled_model_path() if backend == "torch" else bundled_onnx_path()
+    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such model file")
     is_onnx = path.suffix.lower() == ".onnx"
