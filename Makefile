@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv seeds restart clean
+.PHONY: demo test lint install model cv seeds restart seedpairs clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -117,3 +117,28 @@ $(RUN)-pair%.pt: $(RUN)-fold%/best.pt $(RUN)-restart%/best.pt
 $(RUN)-restart%/best.pt: $(RUN)-fold%/best.pt
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-restart$* --splits $(RUN)-splits.json \
 		--val-fold $* --config configs/bundled.json --init $< $(RESTART) --overwrite
+
+# `make -j2 seedpairs DATA=...` after `make model` and `make seeds`: does an ensemble of
+# independently seeded networks beat one network on every fold? (MODEL.md, "An ensemble,
+# cross-validated"). Each fold is trained again with seed 1 (fold 0's seed-1 network is
+# `make seeds`' own); each fold's seed-0 and seed-1 networks are bundled as a pair, the five
+# pairs are cross-validated (neither network of a pair trained on the fold it scores), and
+# `compare` prints the pairs against the bundled recipe, with post-processing and plain.
+seedpairs: $(RUN)-seedpairs-cv/summary.json $(RUN)-cv/summary.json
+	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-seedpairs-cv
+	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-seedpairs-cv --variant plain
+
+$(RUN)-seedpairs-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-seedpair$(f).pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(POST) -o $(RUN)-seedpairs-cv --overwrite
+
+$(RUN)-seedpair0.pt: $(RUN)-fold0/best.pt $(RUN)-seed1/best.pt
+	$(BIN)/gliomaseg bundle $(dir $^) --post configs/bundled-post.json -o $@ --overwrite
+
+$(RUN)-seedpair%.pt: $(RUN)-fold%/best.pt $(RUN)-seed1-fold%/best.pt
+	$(BIN)/gliomaseg bundle $(dir $^) --post configs/bundled-post.json -o $@ --overwrite
+
+.PRECIOUS: $(RUN)-seed1-fold%/best.pt
+
+$(RUN)-seed1-fold%/best.pt: | $(RUN)-splits.json
+	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-seed1-fold$* --splits $(RUN)-splits.json \
+		--val-fold $* --config configs/bundled.json --set train.seed=1 --overwrite

@@ -1,4 +1,4 @@
-"""The Makefile recipes behind the model card (`make model`, `seeds`, `restart`), dry-run.
+"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`), dry-run.
 
 `make -n` prints the commands without running them, so these tests check the wiring that
 the card's numbers depend on: which checkpoint each run starts from, which runs each
@@ -49,7 +49,23 @@ def test_restart_starts_each_fold_from_its_own_network_and_pairs_them(tmp_path):
     assert any(f"{run}-pair4.pt " in e and f"-o {run}-pairs-cv" in e for e in evaluations)
 
 
+def test_seedpairs_pairs_each_fold_with_its_own_seed_1_network(tmp_path):
+    lines = dry_run(tmp_path, "seedpairs")
+    run = f"{tmp_path}/r"
+    for k in range(1, 5):
+        train = next(line for line in lines if f"-o {run}-seed1-fold{k} " in line)
+        assert f"--val-fold {k} " in train and "--set train.seed=1 " in train
+    # Fold 0's seed-1 network is the one `make seeds` trains; it is not trained twice.
+    assert not any(f"-o {run}-seed1-fold0 " in line for line in lines)
+    seed1 = {0: f"{run}-seed1/"} | {k: f"{run}-seed1-fold{k}/" for k in range(1, 5)}
+    for k, second in seed1.items():
+        pair = next(line for line in lines if f"-o {run}-seedpair{k}.pt" in line)
+        assert f"bundle {run}-fold{k}/ {second} " in pair
+    cv = next(line for line in lines if f"-o {run}-seedpairs-cv" in line)
+    assert all(f"{run}-seedpair{k}.pt" in cv for k in range(5))
+
+
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
-    lines = dry_run(tmp_path, "model", "seeds", "restart")
+    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs")
     assert not [line for line in lines if line.startswith("rm ")]
-    assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 2
+    assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 6
