@@ -63,6 +63,8 @@ def test_seedpairs_pairs_each_fold_with_its_own_seed_1_network(tmp_path):
         assert f"bundle {run}-fold{k}/ {second} " in pair
     cv = next(line for line in lines if f"-o {run}-seedpairs-cv" in line)
     assert all(f"{run}-seedpair{k}.pt" in cv for k in range(5))
+    seed1_cv = next(line for line in lines if f"-o {run}-seed1-cv " in line)
+    assert all(f" {second} " in seed1_cv for second in seed1.values())
 
 
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
