@@ -67,6 +67,8 @@ $(RUN)-fold%/best.pt: | $(RUN)-splits.json
 # then what flip TTA adds to the ensemble.
 SEEDS := 1 2
 VAL = $$($(BIN)/python -c "import json; print(*json.load(open('$(1)/run.json'))['val'])")
+# $(call COMPARE,A,B): B against A, paired per patient, with post-processing and plain.
+COMPARE = $(BIN)/gliomaseg compare $(1) $(2) && $(BIN)/gliomaseg compare $(1) $(2) --variant plain
 
 .PRECIOUS: $(RUN)-seed%/best.pt
 
@@ -76,8 +78,7 @@ seeds: $(foreach s,$(SEEDS),$(RUN)-seed$(s)-eval/summary.json) $(RUN)-cv/summary
 	$(BIN)/gliomaseg evaluate $(DATA) --model $(RUN)-seeds.pt --cases $(call VAL,$(RUN)-fold0) \
 		-o $(RUN)-seeds-eval --overwrite
 	for a in $(RUN)-cv $(foreach s,$(SEEDS),$(RUN)-seed$(s)-eval); do \
-		$(BIN)/gliomaseg compare $$a $(RUN)-seeds-eval && \
-		$(BIN)/gliomaseg compare $$a $(RUN)-seeds-eval --variant plain || exit 1; \
+		$(call COMPARE,$$a,$(RUN)-seeds-eval) || exit 1; \
 	done
 	$(BIN)/gliomaseg compare $(RUN)-seeds-eval $(RUN)-seeds-eval --variant plain +TTA
 
@@ -99,8 +100,7 @@ RESTART := --set train.lr=0.001 --set train.max_minutes=25
 
 restart: $(RUN)-restart-cv/summary.json $(RUN)-pairs-cv/summary.json $(RUN)-cv/summary.json
 	for b in $(RUN)-restart-cv $(RUN)-pairs-cv; do \
-		$(BIN)/gliomaseg compare $(RUN)-cv $$b && \
-		$(BIN)/gliomaseg compare $(RUN)-cv $$b --variant plain || exit 1; \
+		$(call COMPARE,$(RUN)-cv,$$b) || exit 1; \
 	done
 
 $(RUN)-restart-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-restart$(f)/best.pt)
@@ -127,8 +127,7 @@ $(RUN)-restart%/best.pt: $(RUN)-fold%/best.pt
 # post-processing and plain, then seed 1 against seed 0.
 seedpairs: $(RUN)-seedpairs-cv/summary.json $(RUN)-seed1-cv/summary.json $(RUN)-cv/summary.json
 	for a in $(RUN)-cv $(RUN)-seed1-cv; do \
-		$(BIN)/gliomaseg compare $$a $(RUN)-seedpairs-cv && \
-		$(BIN)/gliomaseg compare $$a $(RUN)-seedpairs-cv --variant plain || exit 1; \
+		$(call COMPARE,$$a,$(RUN)-seedpairs-cv) || exit 1; \
 	done
 	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-seed1-cv
 
