@@ -41,6 +41,9 @@ clean:
 # pools all of them (the card's numbers); the five networks are then bundled as one ensemble.
 FOLDS := 0 1 2 3 4
 POST := --tta --largest-component --largest-by probability --min-size 200
+# Cross-validations also report the post-processing chosen per fold on the other folds
+# (docs/metrics.md, "--nested-post"): the estimate that does not score its own choice.
+CVPOST := $(POST) --nested-post
 
 model: $(RUN)-cv/summary.json
 	$(BIN)/gliomaseg bundle $(foreach f,$(FOLDS),$(RUN)-fold$(f)) --post configs/bundled-post.json \
@@ -50,7 +53,7 @@ model: $(RUN)-cv/summary.json
 cv: $(RUN)-cv/summary.json
 
 $(RUN)-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-fold$(f)/best.pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $(foreach f,$(FOLDS),$(RUN)-fold$(f)) $(POST) \
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(foreach f,$(FOLDS),$(RUN)-fold$(f)) $(CVPOST) \
 		-o $(RUN)-cv --overwrite
 
 $(RUN)-splits.json: | $(STAMP)
@@ -104,11 +107,11 @@ restart: $(RUN)-restart-cv/summary.json $(RUN)-pairs-cv/summary.json $(RUN)-cv/s
 	done
 
 $(RUN)-restart-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-restart$(f)/best.pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $(foreach f,$(FOLDS),$(RUN)-restart$(f)) $(POST) \
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(foreach f,$(FOLDS),$(RUN)-restart$(f)) $(CVPOST) \
 		-o $(RUN)-restart-cv --overwrite
 
 $(RUN)-pairs-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-pair$(f).pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(POST) -o $(RUN)-pairs-cv --overwrite
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(CVPOST) -o $(RUN)-pairs-cv --overwrite
 
 $(RUN)-pair%.pt: $(RUN)-fold%/best.pt $(RUN)-restart%/best.pt
 	$(BIN)/gliomaseg bundle $(RUN)-fold$* $(RUN)-restart$* --post configs/bundled-post.json -o $@ \
@@ -132,10 +135,10 @@ seedpairs: $(RUN)-seedpairs-cv/summary.json $(RUN)-seed1-cv/summary.json $(RUN)-
 	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-seed1-cv
 
 $(RUN)-seed1-cv/summary.json: $(RUN)-seed1/best.pt $(foreach f,1 2 3 4,$(RUN)-seed1-fold$(f)/best.pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $(dir $^) $(POST) -o $(RUN)-seed1-cv --overwrite
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(dir $^) $(CVPOST) -o $(RUN)-seed1-cv --overwrite
 
 $(RUN)-seedpairs-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-seedpair$(f).pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(POST) -o $(RUN)-seedpairs-cv --overwrite
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(CVPOST) -o $(RUN)-seedpairs-cv --overwrite
 
 $(RUN)-seedpair0.pt: $(RUN)-fold0/best.pt $(RUN)-seed1/best.pt
 	$(BIN)/gliomaseg bundle $(dir $^) --post configs/bundled-post.json -o $@ --overwrite

@@ -16,7 +16,9 @@ from gliomaseg.cli import main
 from gliomaseg.config import PostConfig
 from gliomaseg.data import DataError, list_cases
 from gliomaseg.evaluate import (
+    NESTED,
     VARIANT_MIN_SIZE,
+    Variant,
     aggregate,
     by_fold,
     chosen_post,
@@ -27,7 +29,9 @@ from gliomaseg.evaluate import (
     labelled_cases,
     load_for_evaluation,
     native_probabilities,
+    nested_choice,
     paired_difference,
+    post_grid,
     score_case,
     slice_level,
     standard_variants,
@@ -422,6 +426,74 @@ def test_cli_evaluate_cv_writes_the_fold_table(synth_root, tiny_run, tmp_path):
     bad = run_cli("evaluate", synth_root, "-o", tmp_path / "bad", "--cv", *runs,
                   "--model", runs[0] / "best.pt")
     assert bad.returncode == 2 and "--cv takes one training run per fold" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_post_grid_is_every_combination_once_simplest_first():
+    grid = post_grid(PostConfig(min_size=0))
+    assert len(grid) == 48
+    assert len({v.name for v in grid}) == 48 and len({v.post for v in grid}) == 48
+    assert grid[0].name == "t0.3" and grid[0].post == PostConfig(
+        threshold=0.3, tta=False, largest_component=False, min_size=0, fill_holes=False)
+    assert {v.post.threshold for v in grid} == {0.3, 0.4, 0.5, 0.6}
+    assert {v.post.min_size for v in grid} == {0, VARIANT_MIN_SIZE}
+    bundled = PostConfig(tta=True, largest_component=True, largest_by="probability",
+                         min_size=VARIANT_MIN_SIZE, fill_holes=False)
+    assert [v.name for v in grid if v.post == bundled] == [
+        f"t0.5 +TTA +largest by probability +min size {VARIANT_MIN_SIZE}"]
+    assert {v.post.min_size for v in post_grid(PostConfig(min_size=50))} == {0, 50}
+
+
+def _scored(case: str, **dice: float):
+    class R:
+        pass
+    r = R()
+    r.case, r.variant_dice = case, dict(dice)
+    return r
+
+
+def test_nested_choice_chooses_on_the_other_folds_only():
+    a, b, c = (Variant(n, PostConfig(threshold=t)) for n, t in (("a", 0.5), ("b", 0.4),
+                                                                 ("c", 0.3)))
+    results = [_scored("p0", a=0.9, b=0.1, c=0.1),  # fold 0 prefers a, the others b
+               _scored("p1", a=0.5, b=0.7, c=0.7),
+               _scored("p2", a=0.6, b=0.8, c=0.8),  # b and c tie: the earlier one wins
+               _scored("p3", a=0.0, b=math.nan, c=math.nan)]  # no tumour: a's false positives
+    folds = [{"cases": ["p0"]}, {"cases": ["p1", "p2"]}, {"cases": ["p3"]}]
+    n = nested_choice(results, folds, [a, b, c])
+    assert [f["choice"] for f in n["folds"]] == ["b", "a", "a"]
+    # fold 0 chooses on p1-p3: a (0.5 + 0.6 + 0) / 3 loses to b and c, (0.7 + 0.8) / 2 each
+    assert n["folds"][0]["inner_mean"] == pytest.approx(0.75)
+    assert n["folds"][1]["inner_mean"] == pytest.approx(0.45)  # a on p0 and p3
+    assert [f["dice_mean"] for f in n["folds"]] == pytest.approx([0.1, 0.55, 0.0])
+    assert n["cases"] == {"p0": 0.1, "p1": 0.5, "p2": 0.6, "p3": 0.0}
+    assert n["dice"]["mean"] == pytest.approx(1.2 / 4)
+    assert n["candidates"] == 3 and n["folds"][0]["post"]["threshold"] == 0.4
+    # Choosing on all four patients picks b (0.533 against a's 0.5) and reports 0.533.
+    assert n["dice"]["mean"] < np.mean([0.1, 0.7, 0.8])
+
+
+def test_cli_evaluate_nested_post(synth_root, tiny_run, tmp_path):
+    cases = list_cases(synth_root)
+    runs = _fold_runs(tiny_run, tmp_path, [cases[:2], cases[2:]])
+    out = tmp_path / "nested"
+    res = run_cli("evaluate", synth_root, "-o", out, "--cv", *runs, "--nested-post")
+    assert res.returncode == 0, res.stderr
+    assert "nested choice of post-processing: mean PV-DSC" in res.stdout
+    summary = strict_json((out / "summary.json").read_text())
+    nested = summary["nested_post"]
+    assert nested["candidates"] == 48 and [f["patients"] for f in nested["folds"]] == [2, 2]
+    for row in summary["per_case"]:  # each patient scored with its own fold's choice
+        choice = nested["folds"][row["fold"]]["choice"]
+        assert row["variants"][NESTED] == row["variants"][choice]
+    dice = [row["variants"][NESTED] for row in summary["per_case"]]
+    assert nested["dice"]["mean"] == pytest.approx(np.nanmean(
+        [d if d is not None else math.nan for d in dice]))
+    assert "Post-processing chosen by nested cross-validation" in (out / "report.html").read_text()
+
+    bad = run_cli("evaluate", synth_root, "-o", tmp_path / "bad", "--nested-post",
+                  "--model", runs[0] / "best.pt")
+    assert bad.returncode == 2 and "--nested-post" in bad.stderr and "--cv" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 

@@ -102,16 +102,21 @@ def test_parity_on_real_slices(onnx_model, tiny_checkpoint, torch_net, real_root
     assert_masks_agree(a.mask, b.mask, a.probabilities, cfg.post.threshold)
 
 
-def test_cli_export_then_predict_with_onnx_backend(tiny_checkpoint, synth_root, tmp_path):
+def test_cli_export_then_predict_with_onnx_backend(tiny_checkpoint, synth_root, tmp_path,
+                                                   capsys):
     model = tmp_path / "dist" / "net.onnx"
     assert main(["export", "--model", str(tiny_checkpoint), "-o", str(model)]) == 0
     assert (tmp_path / "dist" / "net.json").is_file()
     folder = find_patients(synth_root)[2]
     outs = {}
+    capsys.readouterr()
     for backend, m in (("torch", tiny_checkpoint), ("onnx", model)):
-        outs[backend] = tmp_path / backend
-        assert main(["predict", str(folder), "-o", str(outs[backend]), "--model", str(m),
-                     "--backend", backend]) == 0
+        outs[backend] = tmp_path / backend  # no --backend: "auto" goes by the file's suffix
+        assert main(["predict", str(folder), "-o", str(outs[backend]), "--model", str(m)]) == 0
+        assert f"({backend})" in capsys.readouterr().out
+    assert main(["predict", str(folder), "-o", str(tmp_path / "forced"), "--model", str(model),
+                 "--backend", "torch"]) == 2
+    assert "needs --backend onnx" in capsys.readouterr().err
     probs = gliomaseg.load_model(tiny_checkpoint).predict(folder).probabilities
     tifs = sorted((outs["torch"] / folder.name).glob("*_mask.tif"))
     a = np.stack([np.asarray(Image.open(p)) for p in tifs])
@@ -145,7 +150,7 @@ def test_onnx_load_errors(onnx_model, tmp_path):
     with pytest.raises(CheckpointError, match="lone.json"):
         gliomaseg.load_model(lone, backend="onnx")
     with pytest.raises(CheckpointError, match="--backend onnx"):
-        gliomaseg.load_model(onnx_model)
+        gliomaseg.load_model(onnx_model, backend="torch")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"garbage")
     shutil.copy(onnx_model.with_suffix(".json"), tmp_path / "broken.json")

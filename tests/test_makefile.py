@@ -36,6 +36,13 @@ def test_model_trains_every_fold_then_cross_validates_and_bundles_them(tmp_path)
     assert any(" bundle " in line and "weights/model.pt" in line for line in lines)
 
 
+def test_every_cross_validation_reports_the_nested_choice_of_post_processing(tmp_path):
+    lines = dry_run(tmp_path, "model", "restart", "seedpairs")
+    evaluations = [line for line in lines if " evaluate data --cv " in line]
+    assert len(evaluations) == 5  # model, restart, its pairs, seed 1, seed pairs
+    assert all(" --nested-post " in line for line in evaluations), evaluations
+
+
 def test_restart_starts_each_fold_from_its_own_network_and_pairs_them(tmp_path):
     lines = dry_run(tmp_path, "restart")
     run = f"{tmp_path}/r"

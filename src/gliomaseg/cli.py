@@ -351,10 +351,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or (args.min_size is not None and args.min_size < 0):
         raise UsageError("--batch-size must be >= 1 and --min-size >= 0")
-    if args.cv and (args.model or args.cases or args.labels or args.backend != "torch"):
+    if args.nested_post and not args.cv:
+        raise UsageError("--nested-post chooses each fold's post-processing on the other folds; "
+                         "it needs --cv")
+    if args.cv and (args.model or args.cases or args.labels or args.backend == "onnx"):
         raise UsageError("--cv takes one training run per fold; it replaces --model and --cases "
                          "(each fold scores its own validation patients of a kaggle_3m DATA) "
-                         "and needs --backend torch")
+                         "and runs them with PyTorch")
     inputs = [args.data.parent if is_nifti(args.data) else args.data]
     inputs += [args.labels.parent] if args.labels is not None else []
     out = ensure_output(args.output, args.overwrite, inputs)
@@ -366,9 +369,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          min_size=args.min_size, largest_by=args.largest_by)
              for m in models or [model]]
     common = {"variants": not args.no_variants, "batch_size": args.batch_size, "progress": True,
-              "settings": {"precision": model.info["precision"], "backend": args.backend}}
+              "settings": {"precision": model.info["precision"],
+                           "backend": model.info["backend"]}}
     if models:
-        ev = cross_validate(args.data, models, posts, **common)
+        ev = cross_validate(args.data, models, posts, nested=args.nested_post, **common)
     else:
         ev = evaluate(args.data, model.logits_fn, model.cfg, post=posts[0], cases=args.cases,
                       labels=args.labels, **common)
@@ -385,6 +389,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for row in s["variants"]:
         print(f"  {row['name']:<22} mean {_num(row['dice_mean'])}  median "
               f"{_num(row['dice_median'])}{'  (chosen)' if row['chosen'] else ''}")
+    if s["nested_post"]:
+        n = s["nested_post"]
+        for f in n["folds"]:
+            print(f"  nested: fold {f['fold']} chose {f['choice']} (mean {_num(f['inner_mean'])} "
+                  f"on the other folds), {_num(f['dice_mean'])} on its own")
+        d = n["dice"]
+        print(f"nested choice of post-processing: mean PV-DSC {_num(d['mean'])} (95% CI "
+              f"{_num(d['ci95'][0])}-{_num(d['ci95'][1])}), median {_num(d['median'])}")
     print(f"{t['seconds']:.1f} s ({t['slices_per_second']} slices/s) -> {out / 'report.html'}")
     return 0
 
@@ -433,8 +445,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- parser ------------------------------------------------------------------------------------
 
-BACKEND_HELP = ("onnx: ONNX Runtime, about 3x faster on CPU with the same masks; without "
-                "--model the bundled model is exported once into the cache (about 15 s)")
+BACKEND_HELP = ("auto (default): onnx for an .onnx --model, torch otherwise; onnx: ONNX "
+                "Runtime, about 3x faster on CPU with the same masks; without --model the "
+                "bundled model is exported once into the cache (about 15 s)")
 
 
 def _add(sub, name: str, help_: str, examples: str) -> argparse.ArgumentParser:
@@ -567,13 +580,14 @@ sharing one study between processes and machines:
     p = _add(sub, "serve", "web app: upload a scan, view the segmentation, download masks", """
   gliomaseg serve                                  # bundled model, http://127.0.0.1:8000/
   gliomaseg serve --model runs/r1/best.pt --port 8080
-  gliomaseg serve --model model.onnx --backend onnx
+  gliomaseg serve --model model.onnx
   curl --data-binary @patient.zip 'http://127.0.0.1:8000/api/uploads?filename=patient.zip'""")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default loopback only: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", type=Path, help="checkpoint (.pt) or .onnx; default: bundled model")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help=BACKEND_HELP)
     p.add_argument("--max-upload-mb", type=float, default=100.0, help="largest upload accepted")
     p.add_argument("--ttl-minutes", type=float, default=60.0,
                    help="results and temporary files are deleted after this time")
@@ -582,7 +596,7 @@ sharing one study between processes and machines:
     p = _add(sub, "predict", "segment slices, patient folders or a dataset root", """
   gliomaseg predict ~/scans/TCGA_CS_4941_19960909 -o preds
   gliomaseg predict ~/data/kaggle_3m -o preds --model runs/r1/best.pt --tta
-  gliomaseg predict ~/scans/P1/P1_12.tif -o preds --backend onnx --model model.onnx
+  gliomaseg predict ~/scans/P1/P1_12.tif -o preds --model model.onnx
   gliomaseg predict ~/scans/P1 -o preds --spacing 0.94 0.94 3.5 --overwrite
   gliomaseg predict ~/brats/BraTS2021_00000/BraTS2021_00000_flair.nii.gz -o preds
 
@@ -596,7 +610,8 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
                         "volume (.nii/.nii.gz)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help=BACKEND_HELP)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average with the left-right flip (default: the model's setting)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
@@ -640,8 +655,9 @@ Weights are stored as fp16 (upcast on load); optimiser state is dropped.""")
   gliomaseg evaluate ~/data/kaggle_3m -o eval_r1 --model runs/r1/best.pt
   gliomaseg evaluate ~/data/kaggle_3m -o eval_r1 --model runs/r1/best.pt --tta --largest-component
   gliomaseg evaluate ~/data/kaggle_3m -o eval_quick --cases TCGA_CS_4941_19960909 --no-variants
-  gliomaseg evaluate ~/data/kaggle_3m -o eval_onnx --model model.onnx --backend onnx
+  gliomaseg evaluate ~/data/kaggle_3m -o eval_onnx --model model.onnx
   gliomaseg evaluate ~/data/kaggle_3m -o eval_cv --cv runs/fold0 runs/fold1 runs/fold2
+  gliomaseg evaluate ~/data/kaggle_3m -o eval_cv --cv runs/fold0 runs/fold1 --nested-post
   gliomaseg evaluate ~/brats/BraTS2021_00000/BraTS2021_00000_flair.nii.gz -o eval_brats
   gliomaseg evaluate ~/scans/p1_flair.nii.gz --labels ~/scans/p1_tumour.nii.gz -o eval_p1
 
@@ -659,7 +675,8 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR",
                    help="folder for summary.json, per_case.csv and report.html")
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help=BACKEND_HELP)
     p.add_argument("--cases", nargs="+", help="only these patient folders of DATA")
     p.add_argument("--cv", nargs="+", type=Path, metavar="RUN",
                    help="cross-validation: one training run folder (or its best.pt) per fold; "
@@ -677,6 +694,11 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
                    help="drop 3D components smaller than this (default: the model's setting)")
     p.add_argument("--no-variants", action="store_true",
                    help="skip the post-processing/TTA variants table (one network pass less)")
+    p.add_argument("--nested-post", action="store_true",
+                   help="with --cv: choose each fold's post-processing (threshold, TTA, "
+                        "component rule, min size: 48 candidates) on the other folds' patients "
+                        "and report the pooled scores, an estimate free of choosing on the "
+                        "patients it scores")
     p.add_argument("--as-validated", action="store_true",
                    help="run a PyTorch model as training validated it (bf16/channels-last: "
                         "about 3x faster, same PV-DSC as the training log) instead of in fp32 "

@@ -10,11 +10,12 @@ files: `report` turns an `Evaluation` into summary.json, per_case.csv and report
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,10 @@ from .preprocess import prepare_volume
 # a tenth of the smallest one among the 81 development patients (2,059 voxels), so it
 # removes specks without being able to delete a whole real tumour.
 VARIANT_MIN_SIZE = 200  # voxels
+# Thresholds of the nested choice's grid: the sigmoid's midpoint and its neighbours. The
+# networks under-segment more often than they over-segment (MODEL.md), so two lie below.
+GRID_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+NESTED = "nested choice"  # the per-case variant name of the nested choice's scores
 SCORES = ("dice", "iou", "precision", "recall", "pixel_accuracy", "hd95", "abs_volume_diff")
 
 
@@ -87,6 +92,7 @@ class Evaluation:
     seconds: float
     settings: dict = field(default_factory=dict)  # batch size, precision, threads
     folds: list[dict] = field(default_factory=list)  # cross-validation: model and cases per fold
+    nested: dict | None = None  # cross-validation: `nested_choice` of the post-processing
     hd95_unit: str = "voxels"  # "mm" when the input says its voxel size (NIfTI)
 
 
@@ -110,6 +116,65 @@ def standard_variants(post: PostConfig) -> list[Variant]:
     if all(v.post != post for v in variants):
         variants.append(Variant("chosen", post))
     return variants
+
+
+def post_grid(post: PostConfig, thresholds: tuple[float, ...] = GRID_THRESHOLDS,
+              ) -> list[Variant]:
+    """Every threshold x flip TTA x component rule x min size: the nested choice's candidates.
+
+    Component rules: none, largest by probability, largest by voxels; min size: 0 or
+    `post.min_size` (VARIANT_MIN_SIZE if it is 0). 4 x 2 x 3 x 2 = 48 candidates, listed
+    simplest first, so a tie goes to fewer operations.
+    """
+    size = post.min_size or VARIANT_MIN_SIZE
+    rules = [(False, post.largest_by), (True, "probability"), (True, "voxels")]
+    grid = []
+    for tta, (largest, by), min_size, threshold in itertools.product(
+            (False, True), rules, (0, size), thresholds):
+        p = PostConfig(threshold=threshold, tta=tta, largest_component=largest, largest_by=by,
+                       min_size=min_size, fill_holes=False)
+        name = " ".join([f"t{threshold:g}"] + (["+TTA"] if tta else [])
+                        + ([f"+largest by {by}"] if largest else [])
+                        + ([f"+min size {min_size}"] if min_size else []))
+        grid.append(Variant(name, p))
+    return grid
+
+
+def nested_choice(results: list[CaseResult], folds: list[dict], candidates: list[Variant],
+                  seed: int = 0) -> dict:
+    """Choose each fold's post-processing on the other folds' patients; score it on its own.
+
+    For fold i, the candidate with the best mean PV-DSC over the patients of the other
+    folds (each scored by its own fold's network) is applied to fold i's patients. No
+    patient's score then depends on a choice made with its own ground truth, so the
+    pooled scores estimate the whole recipe, choice included, where choosing on all
+    patients and reporting on them would be optimistic. What remains: the other folds'
+    networks trained on fold i's patients, an indirect influence that every choice on
+    out-of-fold predictions shares. Ties go to the earlier candidate.
+
+    Returns {"candidates": n, "folds": [{"fold", "choice", "inner_mean", "dice_mean",
+    "patients"}], "dice": summarize() of the pooled scores, "cases": {case: PV-DSC}}.
+    """
+    dice = {r.case: r.variant_dice for r in results}
+    rows, scores = [], {}
+    for i, fold in enumerate(folds):
+        others = [c for j, f in enumerate(folds) if j != i for c in f["cases"]]
+        inner = [_mean([dice[c][v.name] for c in others]) for v in candidates]
+        best = max(range(len(candidates)),
+                   key=lambda k: -math.inf if math.isnan(inner[k]) else inner[k])
+        chosen = candidates[best]
+        scores.update({c: dice[c][chosen.name] for c in fold["cases"]})
+        rows.append({"fold": i, "choice": chosen.name, "post": asdict(chosen.post),
+                     "inner_mean": inner[best], "patients": len(fold["cases"]),
+                     "dice_mean": _mean([dice[c][chosen.name] for c in fold["cases"]])})
+    return {"candidates": len(candidates), "folds": rows, "cases": scores,
+            "dice": metrics.summarize(list(scores.values()), np.random.default_rng(seed))}
+
+
+def _mean(values: list[float]) -> float:
+    """Mean ignoring NaN (cases where truth and prediction are both empty); NaN if none."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan
 
 
 def native_probabilities(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
@@ -176,14 +241,15 @@ def labelled_cases(data: Path, cases: list[str] | None = None) -> list[str]:
 def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | None = None,
              cases: list[str] | None = None, variants: bool = True, batch_size: int = 16,
              progress: bool = False, settings: dict | None = None,
-             labels: Path | None = None) -> Evaluation:
+             labels: Path | None = None, candidates: list[Variant] | None = None) -> Evaluation:
     """Run the model over the labelled patients under `data` and score them.
 
     data: a kaggle_3m root or patient folder, or a NIfTI image (.nii/.nii.gz) whose labels
     are `labels` or a file beside it (`nifti.find_labels`); any label > 0 is tumour.
     post: the chosen post-processing (default: the model's cfg.post). With `variants`,
     the standard variants table is computed too, at the cost of a second (flipped)
-    network pass when `post` has no TTA.
+    network pass when `post` has no TTA. `candidates`: more post-processings whose
+    PV-DSC each case records (`variant_dice`) outside the table, e.g. `post_grid`.
     """
     post = post or cfg.post
     nifti_input = is_nifti(data)
@@ -203,7 +269,8 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
         patients = iter_patients(data, require_masks=True, cases=names)
         spacing = None  # kaggle_3m slices carry no voxel size
     variant_list = standard_variants(post) if variants else []
-    tta_settings = {post.tta} | {v.post.tta for v in variant_list}
+    scored = variant_list + list(candidates or [])
+    tta_settings = {post.tta} | {v.post.tta for v in scored}
     results, start = [], time.perf_counter()
     for patient in tqdm(patients, total=len(names), desc="evaluate", unit="patient",
                         disable=None if progress else True, leave=False):  # None: TTY only
@@ -211,7 +278,7 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
         x = prepare_volume(patient.image, cfg.data)
         probs = native_probabilities(logits_fn, x, patient.mask.shape[1:], tta_settings,
                                      batch_size)
-        result = score_case(patient.case, patient.mask, probs, post, variant_list,
+        result = score_case(patient.case, patient.mask, probs, post, scored,
                             site=patient.site, folder=Path(data) if nifti_input
                             else patient.image_paths[0].parent, spacing=spacing)
         result.labels = labels if nifti_input else None
@@ -227,13 +294,15 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
 
 def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig],
                    variants: bool = True, batch_size: int = 16, progress: bool = False,
-                   settings: dict | None = None) -> Evaluation:
+                   settings: dict | None = None, nested: bool = False) -> Evaluation:
     """Score each fold's model on its own validation patients (its run.json) and pool them.
 
     The pooled per-patient scores are the cross-validation estimate: every patient is
     scored by the one model that never trained on it, and a fold mean of 16 patients is
     too noisy to judge a recipe alone. `post[i]` is fold i's post-processing; the folds
     of one recipe must agree on it, so the pooled variants table compares like with like.
+    `nested`: also score the `post_grid` candidates and choose each fold's post-processing
+    on the other folds (`nested_choice`); each case records that score as variant NESTED.
     """
     if len(set(post)) > 1:
         raise DataError("the fold models disagree on post-processing; pass --tta/"
@@ -249,12 +318,19 @@ def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig]
                 raise DataError(f"{case} is a validation patient of both {seen[case]} and "
                                 f"{path}; folds must not overlap")
             seen[case] = path
+    grid = post_grid(post[0]) if nested else []
     parts = [evaluate(data, m.logits_fn, m.cfg, post=post[0], cases=m.val_cases,
                       variants=variants, batch_size=batch_size, progress=progress,
-                      settings=settings) for m in models]
-    return replace(parts[0], cases=[r for ev in parts for r in ev.cases],
-                   seconds=sum(ev.seconds for ev in parts),
-                   folds=[{"model": m.info["path"], "cases": list(m.val_cases)} for m in models])
+                      settings=settings, candidates=grid) for m in models]
+    results = [r for ev in parts for r in ev.cases]
+    folds = [{"model": m.info["path"], "cases": list(m.val_cases)} for m in models]
+    choice = nested_choice(results, folds, grid) if nested else None
+    if choice is not None:
+        for r in results:
+            r.variant_dice[NESTED] = choice["cases"].pop(r.case)
+        del choice["cases"]  # now in each case's variant_dice
+    return replace(parts[0], cases=results, seconds=sum(ev.seconds for ev in parts),
+                   folds=folds, nested=choice)
 
 
 def by_fold(results: list[CaseResult], folds: list[dict]) -> list[dict]:
@@ -406,7 +482,7 @@ class LoadedModel:
     val_cases: list[str] = field(default_factory=list)
 
 
-def load_for_evaluation(path: Path | None = None, backend: str = "torch",
+def load_for_evaluation(path: Path | None = None, backend: str = "auto",
                         fp32: bool = True) -> LoadedModel:
     """Load a model with `inference.load_model` (path None: the bundled one).
 

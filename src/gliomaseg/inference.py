@@ -271,18 +271,22 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
     return meta
 
 
-def load_model(path: str | Path | None = None, backend: str = "torch") -> Segmenter:
+def load_model(path: str | Path | None = None, backend: str = "auto") -> Segmenter:
     """Load a model for prediction.
 
-    path None: the bundled model (weights/model.pt). With backend="onnx" it is exported
+    backend "auto": ONNX Runtime for an .onnx file, PyTorch otherwise (the bundled model
+    included, so a first prediction does not pay for an export). path None: the bundled
+    model (weights/model.pt). With backend="onnx" it is exported
     on first use into the cache folder (`export.exported_once`, about 15 s) and that file
     is reused after: the package ships the weights once, not twice (the fp32 ONNX file of
     the ensemble alone would be 10 MB). A .pt path is a checkpoint (e.g. a training run's
     best.pt); a .onnx path needs its model.json beside it (written by `gliomaseg export`).
     backend "torch" needs a .pt, "onnx" an .onnx file.
     """
-    if backend not in ("torch", "onnx"):
-        raise CheckpointError(f"unknown backend {backend!r}; use 'torch' or 'onnx'")
+    if backend not in ("auto", "torch", "onnx"):
+        raise CheckpointError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnx'")
+    if backend == "auto":
+        backend = "onnx" if path is not None and Path(path).suffix.lower() == ".onnx" else "torch"
     if path is None:
         path = bundled_model_path() if backend == "torch" else bundled_onnx_path()
     path = Path(path)
@@ -296,7 +300,7 @@ def load_model(path: str | Path | None = None, backend: str = "torch") -> Segmen
         cfg = Config.from_dict(read_onnx_metadata(path)["config"])
         return Segmenter(cfg=cfg, backend="onnx", logits_fn=onnx_logits_fn(path), source=path)
     if is_onnx:
-        raise CheckpointError(f"{path}: an .onnx model needs --backend onnx")
+        raise CheckpointError(f"{path}: an .onnx model needs --backend onnx (or auto)")
     model, cfg = model_from_checkpoint(load_checkpoint(path))
     # fp32, not bf16, even for models trained with bf16: measured on 3 real validation
     # patients, bf16 autocast was ~3x faster but changed 250-390 mask pixels per patient

@@ -93,6 +93,7 @@ def build_summary(ev: Evaluation, model: LoadedModel | None = None) -> dict:
         "by_site": by_site(ev.cases),
         "folds": by_fold(ev.cases, ev.folds),
         "variants": variant_table(ev.cases, ev.variants, ev.post),
+        "nested_post": ev.nested,
         "model": model_info,
         "units": {"hd95": ev.hd95_unit, "volume": "voxels"},
         "config": {"data": str(ev.data), "cases": names, "post": dataclasses.asdict(ev.post),
@@ -334,6 +335,25 @@ def _fold_table(folds: list[dict]) -> str:
             "own validation patients; the numbers above pool all of them.</p></section>")
 
 
+def _nested_table(nested: dict | None) -> str:
+    if not nested:
+        return ""
+    body = "".join(
+        f"<tr><td>{f['fold']}</td><td>{html.escape(f['choice'])}</td>"
+        f"<td>{_fmt(f['inner_mean'])}</td><td>{f['patients']}</td><td>{_fmt(f['dice_mean'])}</td>"
+        "</tr>" for f in nested["folds"])
+    d = nested["dice"]
+    return ("<section><h2>Post-processing chosen by nested cross-validation</h2>"
+            "<table><thead><tr><th>fold</th><th>chosen on the other folds</th>"
+            "<th>its mean PV-DSC there</th><th>patients</th><th>mean PV-DSC on this fold</th>"
+            f"</tr></thead><tbody>{body}</tbody></table>"
+            f'<p class="note">Pooled: mean PV-DSC {_fmt(d["mean"])} (95% CI {_ci(d["ci95"])}), '
+            f"median {_fmt(d['median'])}, n {d['n']}. Each fold's post-processing is the best of "
+            f"{nested['candidates']} candidates (threshold, flip TTA, component rule, min size) "
+            "on the other folds' patients, so no patient's score depends on a choice made with "
+            "its own ground truth.</p></section>")
+
+
 def _site_table(sites: dict) -> str:
     body = "".join(
         f"<tr><td>{html.escape(site)}</td><td>{v['patients']}</td><td>{_fmt(v['dice_mean'])}</td>"
@@ -442,6 +462,7 @@ decisions. Scores describe these patients and this model only.</div>
 {_fold_table(s['folds'])}
 <section><h2>Post-processing and test-time augmentation</h2>{_variants_table(s['variants'])}
 </section>
+{_nested_table(s.get('nested_post'))}
 <section><h2>Dice per patient</h2><div class="split">
 <div>{_img(figs['distribution'], 'distribution of PV-DSC over patients')}</div>
 <div><h3>By acquisition site</h3>{_site_table(s['by_site'])}</div></div>
