@@ -1,4 +1,4 @@
-"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`), dry-run.
+"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`, `wide`), dry-run.
 
 `make -n` prints the commands without running them, so these tests check the wiring that
 the card's numbers depend on: which checkpoint each run starts from, which runs each
@@ -74,7 +74,22 @@ def test_seedpairs_pairs_each_fold_with_its_own_seed_1_network(tmp_path):
     assert all(f" {second} " in seed1_cv for second in seed1.values())
 
 
+def test_wide_trains_each_fold_wider_and_longer_from_scratch(tmp_path):
+    lines = dry_run(tmp_path, "wide")
+    run = f"{tmp_path}/r"
+    for k in range(5):
+        train = next(line for line in lines if f"-o {run}-wide{k} " in line)
+        assert f"--val-fold {k} " in train and "--config configs/bundled.json " in train
+        assert "--set model.base_filters=16 --set train.max_minutes=120 " in train
+        assert "--init" not in train and "--resume" not in train
+    cv = next(line for line in lines if f"-o {run}-wide-cv " in line)
+    assert all(f" {run}-wide{k}/ " in cv for k in range(5)) and " --nested-post " in cv
+    compares = [line for line in lines if " compare " in line]
+    assert all(f"compare {run}-cv {run}-wide-cv" in line for line in compares)
+    assert any('--variant "nested choice"' in line for line in compares)
+
+
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
-    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs")
+    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide")
     assert not [line for line in lines if line.startswith("rm ")]
     assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 6
