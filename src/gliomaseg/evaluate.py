@@ -326,9 +326,9 @@ def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig]
     folds = [{"model": m.info["path"], "cases": list(m.val_cases)} for m in models]
     choice = nested_choice(results, folds, grid) if nested else None
     if choice is not None:
+        scores = choice.pop("cases")  # kept in each case's variant_dice, not twice
         for r in results:
-            r.variant_dice[NESTED] = choice["cases"].pop(r.case)
-        del choice["cases"]  # now in each case's variant_dice
+            r.variant_dice[NESTED] = scores[r.case]
     return replace(parts[0], cases=results, seconds=sum(ev.seconds for ev in parts),
                    folds=folds, nested=choice)
 
