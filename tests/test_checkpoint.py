@@ -12,6 +12,7 @@ from gliomaseg.checkpoint import (
     CheckpointError,
     bundle,
     load_checkpoint,
+    member_states,
     model_from_checkpoint,
     save_checkpoint,
 )
@@ -60,6 +61,27 @@ def test_bundle_of_several_runs_is_an_ensemble_of_their_networks(tmp_path):
     with torch.no_grad():
         expected = torch.stack([net(x) for _, net in runs]).mean(dim=0)
         torch.testing.assert_close(model(x), expected)
+
+
+def test_member_states_split_an_ensemble_back_into_its_runs(tmp_path):
+    runs = [make_run(tmp_path / f"r{i}", seed=i, train=[c for c in "ABC" if c != v], val=[v])
+            for i, v in enumerate("ABC")]
+    bundle([src for src, _ in runs], tmp_path / "ens.pt", post={"tta": True}, fp16=False)
+    members = member_states(load_checkpoint(tmp_path / "ens.pt"))
+    assert [m["val_cases"] for m in members] == [["A"], ["B"], ["C"]]
+    assert members[1]["train_cases"] == ["A", "C"] and members[2]["best_dice"] == 0.52
+    x = torch.randn(2, 1, 32, 32)
+    for state, (_, net) in zip(members, runs, strict=True):
+        model, cfg = model_from_checkpoint(state)
+        assert isinstance(model, UNet) and cfg.model.members == 1 and cfg.post.tta
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), net(x))
+    src, _ = runs[0]
+    with pytest.raises(CheckpointError, match="not an ensemble"):
+        member_states(load_checkpoint(src))
+    bundle([src], tmp_path / "one.pt")
+    with pytest.raises(CheckpointError, match="not an ensemble"):
+        member_states(load_checkpoint(tmp_path / "one.pt"))
 
 
 def test_bundle_stores_fp16_and_loads_within_fp16_noise(tmp_path):

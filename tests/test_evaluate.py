@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 
 from gliomaseg import metrics
-from gliomaseg.checkpoint import load_checkpoint
+from gliomaseg.checkpoint import bundle, load_checkpoint
 from gliomaseg.cli import main
 from gliomaseg.config import PostConfig
 from gliomaseg.data import DataError, list_cases
@@ -425,8 +425,31 @@ def test_cli_evaluate_cv_writes_the_fold_table(synth_root, tiny_run, tmp_path):
 
     bad = run_cli("evaluate", synth_root, "-o", tmp_path / "bad", "--cv", *runs,
                   "--model", runs[0] / "best.pt")
-    assert bad.returncode == 2 and "--cv takes one training run per fold" in bad.stderr
+    assert bad.returncode == 2 and "one network per fold" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_cli_evaluate_cv_members_cross_validates_an_ensemble_file(synth_root, tiny_run,
+                                                                  tmp_path):
+    cases = list_cases(synth_root)
+    runs = _fold_runs(tiny_run, tmp_path, [cases[:1], cases[1:]])
+    bundle([r / "best.pt" for r in runs], tmp_path / "ens.pt", fp16=False)
+    by_runs = run_cli("evaluate", synth_root, "-o", tmp_path / "runs", "--cv", *runs,
+                      "--no-variants")
+    by_file = run_cli("evaluate", synth_root, "-o", tmp_path / "file", "--cv-members",
+                      tmp_path / "ens.pt", "--no-variants")
+    assert by_runs.returncode == by_file.returncode == 0, by_file.stderr
+    assert "fold 0: 1 patients" in by_file.stdout and "(network 1)" in by_file.stdout
+    a, b = (strict_json((tmp_path / d / "summary.json").read_text()) for d in ("runs", "file"))
+    assert [(r["case"], r["fold"], r["dice"]) for r in b["per_case"]] == [
+        (r["case"], r["fold"], r["dice"]) for r in a["per_case"]]
+
+    for extra, message in (([tmp_path / "ens.pt", "--cv", *runs], "pass one"),
+                           ([runs[0] / "best.pt"], "not an ensemble"),
+                           ([tmp_path / "nope.pt"], "no such model file")):
+        bad = run_cli("evaluate", synth_root, "-o", tmp_path / "bad", "--cv-members", *extra)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
 def test_post_grid_is_every_combination_once_simplest_first():

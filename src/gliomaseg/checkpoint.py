@@ -104,6 +104,26 @@ def bundle(sources: list[Path], dst: Path, post: dict | None = None, fp16: bool 
     return out
 
 
+def member_states(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Split an ensemble (`bundle` of several runs) back into one state per network.
+
+    Each keeps its own weights, the shared config with `model.members` 1, and its run's
+    provenance (`val_cases`, `train_cases`, epochs), so a bundle of cross-validation folds
+    can be cross-validated again from the shipped file (`evaluate.member_models`).
+    """
+    cfg = Config.from_dict(state["config"])
+    members = state.get("members") or []
+    if cfg.model.members < 2 or len(members) != cfg.model.members:
+        raise CheckpointError("not an ensemble of bundled runs: it records no member networks")
+    single = cfg.replace(model={"members": 1}).to_dict()
+    out = []
+    for i, info in enumerate(members):
+        prefix = f"members.{i}."
+        weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+        out.append({**info, "model": weights, "config": single})
+    return out
+
+
 def _provenance(src: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Where a bundled network came from: its run's epochs, scores and patients."""
     info = {"source": Path(src).name,

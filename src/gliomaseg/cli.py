@@ -16,6 +16,8 @@ from .config import ConfigError, load_config
 from .data import DataError
 
 EXIT_BAD_INPUT = 2
+# --cv-members without a MODEL: the bundled ensemble
+BUNDLED = "bundled"
 
 
 class UsageError(ValueError):
@@ -345,24 +347,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 # --- evaluate ----------------------------------------------------------------------------------
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import chosen_post, cross_validate, evaluate, load_for_evaluation
+    from .evaluate import chosen_post, cross_validate, evaluate, load_for_evaluation, member_models
     from .nifti import is_nifti
     from .report import write_report
 
     if args.batch_size < 1 or (args.min_size is not None and args.min_size < 0):
         raise UsageError("--batch-size must be >= 1 and --min-size >= 0")
-    if args.nested_post and not args.cv:
+    cv = bool(args.cv or args.cv_members)
+    if args.cv and args.cv_members:
+        raise UsageError("--cv and --cv-members are two ways to give the folds; pass one")
+    if args.nested_post and not cv:
         raise UsageError("--nested-post chooses each fold's post-processing on the other folds; "
-                         "it needs --cv")
-    if args.cv and (args.model or args.cases or args.labels or args.backend == "onnx"):
-        raise UsageError("--cv takes one training run per fold; it replaces --model and --cases "
-                         "(each fold scores its own validation patients of a kaggle_3m DATA) "
-                         "and runs them with PyTorch")
+                         "it needs --cv or --cv-members")
+    if cv and (args.model or args.cases or args.labels or args.backend == "onnx"):
+        raise UsageError("--cv and --cv-members give one network per fold; they replace --model "
+                         "and --cases (each fold scores its own validation patients of a "
+                         "kaggle_3m DATA) and run with PyTorch")
     inputs = [args.data.parent if is_nifti(args.data) else args.data]
     inputs += [args.labels.parent] if args.labels is not None else []
     out = ensure_output(args.output, args.overwrite, inputs)
-    models = [load_for_evaluation(run / "best.pt" if run.is_dir() else run,
-                                  fp32=not args.as_validated) for run in args.cv or []]
+    if args.cv_members:
+        models = member_models(None if args.cv_members == BUNDLED else Path(args.cv_members),
+                               fp32=not args.as_validated)
+    else:
+        models = [load_for_evaluation(run / "best.pt" if run.is_dir() else run,
+                                      fp32=not args.as_validated) for run in args.cv or []]
     model = models[0] if models else load_for_evaluation(args.model, backend=args.backend,
                                                           fp32=not args.as_validated)
     posts = [chosen_post(m.cfg.post, tta=args.tta, largest_component=args.largest_component,
@@ -658,6 +667,7 @@ Weights are stored as fp16 (upcast on load); optimiser state is dropped.""")
   gliomaseg evaluate ~/data/kaggle_3m -o eval_onnx --model model.onnx
   gliomaseg evaluate ~/data/kaggle_3m -o eval_cv --cv runs/fold0 runs/fold1 runs/fold2
   gliomaseg evaluate ~/data/kaggle_3m -o eval_cv --cv runs/fold0 runs/fold1 --nested-post
+  gliomaseg evaluate ~/data/kaggle_3m -o eval_cv --cv-members   # the bundled model's own folds
   gliomaseg evaluate ~/brats/BraTS2021_00000/BraTS2021_00000_flair.nii.gz -o eval_brats
   gliomaseg evaluate ~/scans/p1_flair.nii.gz --labels ~/scans/p1_tumour.nii.gz -o eval_p1
 
@@ -682,6 +692,10 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
                    help="cross-validation: one training run folder (or its best.pt) per fold; "
                         "each scores the validation patients in its run.json, and the report "
                         "pools them with a per-fold table")
+    p.add_argument("--cv-members", nargs="?", const=BUNDLED, metavar="MODEL",
+                   help="cross-validation of an ensemble file (no MODEL: the bundled model): "
+                        "each of its networks scores the validation patients its training run "
+                        "recorded, as with --cv on the runs it was bundled from")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="average with the left-right flip (default: the model's setting)")
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,

@@ -23,11 +23,12 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, member_states, model_from_checkpoint
 from .config import Config, PostConfig
 from .data import DataError, find_patients, iter_patients, list_slices
 from .inference import (
     LogitsFn,
+    bundled_model_path,
     load_model,
     postprocess,
     probabilities,
@@ -506,17 +507,46 @@ def load_for_evaluation(path: Path | None = None, backend: str = "auto",
         provenance = {"train": state.get("train_cases", []), "val": state.get("val_cases", [])}
         info.update(epoch=state.get("epoch"), best_val_dice=state.get("best_dice"))
         if not fp32:
-            model, _ = model_from_checkpoint(state)
-            train = seg.cfg.train
-            logits_fn = torch_logits_fn(model, bf16=train.bf16, channels_last=train.channels_last)
-            info["precision"] = ("bf16" if train.bf16 else "fp32") + (
-                ", channels-last" if train.channels_last else "") + " (as validated)"
+            logits_fn, info["precision"] = _as_validated(*model_from_checkpoint(state))
     run = _read_run_json(source.parent / "run.json")
     seen = run or provenance
     return LoadedModel(cfg=seg.cfg, logits_fn=logits_fn, info=info,
                        run_dir=source.parent if run is not None else None,
                        train_cases=list(seen.get("train") or []),
                        val_cases=list(seen.get("val") or []))
+
+
+def member_models(path: Path | None = None, fp32: bool = True) -> list[LoadedModel]:
+    """Each network of an ensemble file (None: the bundled model) as one cross-validation fold.
+
+    The bundled ensemble is five fold networks, each recording the patients it validated on
+    (`checkpoint.member_states`), so `cross_validate` on these reproduces the model card's
+    cross-validation from the shipped file alone. The weights are the stored ones (fp16,
+    upcast), not the training runs' fp32 best.pt, so scores may differ in the last digits.
+    """
+    source = Path(path) if path is not None else bundled_model_path()
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such model file")
+    models = []
+    for i, state in enumerate(member_states(load_checkpoint(source))):
+        model, cfg = model_from_checkpoint(state)
+        logits_fn, precision = (torch_logits_fn(model), "fp32 (as predict)") if fp32 \
+            else _as_validated(model, cfg)
+        info = {"path": f"{source} (network {i})", "backend": "torch", "bundled": path is None,
+                "precision": precision, "epoch": state.get("epoch"),
+                "best_val_dice": state.get("best_dice")}
+        models.append(LoadedModel(cfg=cfg, logits_fn=logits_fn, info=info, run_dir=None,
+                                  train_cases=list(state.get("train_cases") or []),
+                                  val_cases=list(state.get("val_cases") or [])))
+    return models
+
+
+def _as_validated(model: torch.nn.Module, cfg: Config) -> tuple[LogitsFn, str]:
+    """A network run as `train.validate` ran it (cfg.train's precision), and its report label."""
+    train = cfg.train
+    label = ("bf16" if train.bf16 else "fp32") + (
+        ", channels-last" if train.channels_last else "") + " (as validated)"
+    return torch_logits_fn(model, bf16=train.bf16, channels_last=train.channels_last), label
 
 
 def _read_run_json(path: Path) -> dict | None:
