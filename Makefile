@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv seeds restart seedpairs wide clean
+.PHONY: demo test lint install model cv seeds restart seedpairs variant wide context clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -152,22 +152,37 @@ $(RUN)-seed1-fold%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-seed1-fold$* --splits $(RUN)-splits.json \
 		--val-fold $* --config configs/bundled.json --set train.seed=1 --overwrite
 
-# `make -j2 wide DATA=...` after `make model`: the "wider and longer" lever (MODEL.md,
-# "Wider networks"). Each fold is trained from scratch with 16 base filters instead of 8
-# (1.94 M parameters) for 120 CPU minutes instead of 60; the five are cross-validated and
-# compared per patient with the bundled recipe's five: bundled post-processing, plain, and
-# the nested choice of post-processing.
-WIDE := --set model.base_filters=16 --set train.max_minutes=120
+# `make -j2 variant NAME=ctx2 SET="--set data.context=2" DATA=...`: one change to the bundled
+# recipe, measured. Each fold is trained from scratch with configs/bundled.json plus SET into
+# $(RUN)-<NAME><fold> (FOLDS="0 1" for some folds only), the runs are cross-validated with the
+# nested choice, and `compare` pairs them per patient with the bundled model's own networks on
+# the same patients (`--cv-members`: the baseline needs no retraining), with post-processing,
+# plain, and nested. NAME must be new (not fold, seed, restart, pair).
+NAME ?= variant
+SET ?=
 
-wide: $(RUN)-wide-cv/summary.json $(RUN)-cv/summary.json
-	$(call COMPARE,$(RUN)-cv,$(RUN)-wide-cv)
-	$(BIN)/gliomaseg compare $(RUN)-cv $(RUN)-wide-cv --variant "nested choice"
+variant: $(RUN)-$(NAME)-cv/summary.json $(RUN)-members-cv/summary.json
+	$(call COMPARE,$(RUN)-members-cv,$(RUN)-$(NAME)-cv)
+	$(BIN)/gliomaseg compare $(RUN)-members-cv $(RUN)-$(NAME)-cv --variant "nested choice"
 
-$(RUN)-wide-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-wide$(f)/best.pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $(dir $^) $(CVPOST) -o $(RUN)-wide-cv --overwrite
+$(RUN)-members-cv/summary.json: src/gliomaseg/weights/model.pt | $(STAMP)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv-members $(CVPOST) -o $(RUN)-members-cv --overwrite
 
-.PRECIOUS: $(RUN)-wide%/best.pt
+$(RUN)-$(NAME)-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-$(NAME)$(f)/best.pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(dir $^) $(CVPOST) -o $(RUN)-$(NAME)-cv --overwrite
 
-$(RUN)-wide%/best.pt: | $(RUN)-splits.json
-	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-wide$* --splits $(RUN)-splits.json \
-		--val-fold $* --config configs/bundled.json $(WIDE) --overwrite
+.PRECIOUS: $(RUN)-$(NAME)%/best.pt
+
+$(RUN)-$(NAME)%/best.pt: | $(RUN)-splits.json
+	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-$(NAME)$* --splits $(RUN)-splits.json \
+		--val-fold $* --config configs/bundled.json $(SET) --overwrite
+
+# `make -j2 wide DATA=...`: the "wider and longer" lever (MODEL.md, "Wider networks"): 16 base
+# filters instead of 8 (1.94 M parameters), 120 CPU minutes instead of 60.
+# `make -j2 context DATA=...`: two neighbouring slices on each side instead of one (MODEL.md,
+# "More neighbouring slices").
+wide:
+	$(MAKE) variant NAME=wide SET="--set model.base_filters=16 --set train.max_minutes=120"
+
+context:
+	$(MAKE) variant NAME=ctx2 SET="--set data.context=2"

@@ -1,4 +1,4 @@
-"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`, `wide`), dry-run.
+"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`, `variant`), dry-run.
 
 `make -n` prints the commands without running them, so these tests check the wiring that
 the card's numbers depend on: which checkpoint each run starts from, which runs each
@@ -74,22 +74,38 @@ def test_seedpairs_pairs_each_fold_with_its_own_seed_1_network(tmp_path):
     assert all(f" {second} " in seed1_cv for second in seed1.values())
 
 
-def test_wide_trains_each_fold_wider_and_longer_from_scratch(tmp_path):
-    lines = dry_run(tmp_path, "wide")
+@pytest.mark.parametrize(("target", "name", "change"), [
+    ("wide", "wide", "--set model.base_filters=16 --set train.max_minutes=120"),
+    ("context", "ctx2", "--set data.context=2")])
+def test_variants_train_each_fold_from_scratch_and_compare_with_the_bundled_networks(
+        tmp_path, target, name, change):
+    lines = dry_run(tmp_path, target)
     run = f"{tmp_path}/r"
     for k in range(5):
-        train = next(line for line in lines if f"-o {run}-wide{k} " in line)
-        assert f"--val-fold {k} " in train and "--config configs/bundled.json " in train
-        assert "--set model.base_filters=16 --set train.max_minutes=120 " in train
+        train = next(line for line in lines if f"-o {run}-{name}{k} " in line)
+        assert f"--val-fold {k} " in train and f"--config configs/bundled.json {change} " in train
         assert "--init" not in train and "--resume" not in train
-    cv = next(line for line in lines if f"-o {run}-wide-cv " in line)
-    assert all(f" {run}-wide{k}/ " in cv for k in range(5)) and " --nested-post " in cv
+    cv = next(line for line in lines if f"-o {run}-{name}-cv " in line)
+    assert all(f" {run}-{name}{k}/ " in cv for k in range(5)) and " --nested-post " in cv
+    baseline = next(line for line in lines if f"-o {run}-members-cv " in line)
+    assert " --cv-members " in baseline and " --nested-post " in baseline
+    assert not [line for line in lines if f"-o {run}-fold" in line]  # no baseline retraining
     compares = [line for line in lines if " compare " in line]
-    assert all(f"compare {run}-cv {run}-wide-cv" in line for line in compares)
+    assert len(compares) == 2
+    assert all(f"compare {run}-members-cv {run}-{name}-cv" in line for line in compares)
     assert any('--variant "nested choice"' in line for line in compares)
 
 
+def test_a_variant_can_run_on_some_folds(tmp_path):
+    lines = dry_run(tmp_path, "variant", "NAME=try", "SET=--set train.lr=0.001", "FOLDS=0 3")
+    trains = [line for line in lines if " train data " in line]
+    assert [re.search(r"--val-fold (\d)", t).group(1) for t in trains] == ["0", "3"]
+    assert all("--set train.lr=0.001 --overwrite" in t for t in trains)
+    cv = next(line for line in lines if f"-o {tmp_path}/r-try-cv " in line)
+    assert f"{tmp_path}/r-try0/ {tmp_path}/r-try3/ " in cv
+
+
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
-    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide")
+    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide", "context")
     assert not [line for line in lines if line.startswith("rm ")]
     assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 6
