@@ -180,9 +180,10 @@ $(RUN)-$(NAME)%/best.pt: | $(RUN)-splits.json
 # `make -j2 wide DATA=...`: the "wider and longer" lever (MODEL.md, "Wider networks"): 16 base
 # filters instead of 8 (1.94 M parameters), 120 CPU minutes instead of 60.
 # `make -j2 context DATA=...`: two neighbouring slices on each side instead of one (MODEL.md,
-# "More neighbouring slices").
+# "More neighbouring slices"), for 30 epochs, as many as the bundled networks trained (a CPU
+# budget would buy more epochs on a faster or less busy CPU and confound the comparison).
 wide:
 	$(MAKE) variant NAME=wide SET="--set model.base_filters=16 --set train.max_minutes=120"
 
 context:
-	$(MAKE) variant NAME=ctx2 SET="--set data.context=2"
+	$(MAKE) variant NAME=ctx2 SET="--set data.context=2 --set train.max_epochs=30 --set train.max_minutes=0"

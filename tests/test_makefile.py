@@ -76,7 +76,7 @@ def test_seedpairs_pairs_each_fold_with_its_own_seed_1_network(tmp_path):
 
 @pytest.mark.parametrize(("target", "name", "change"), [
     ("wide", "wide", "--set model.base_filters=16 --set train.max_minutes=120"),
-    ("context", "ctx2", "--set data.context=2")])
+    ("context", "ctx2", "--set data.context=2 --set train.max_epochs=30 --set train.max_minutes=0")])
 def test_variants_train_each_fold_from_scratch_and_compare_with_the_bundled_networks(
         tmp_path, target, name, change):
     lines = dry_run(tmp_path, target)
