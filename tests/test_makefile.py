@@ -74,12 +74,9 @@ def test_seedpairs_pairs_each_fold_with_its_own_seed_1_network(tmp_path):
     assert all(f" {second} " in seed1_cv for second in seed1.values())
 
 
-@pytest.mark.parametrize(("target", "name", "change"), [
-    ("wide", "wide", "--set model.base_filters=16 --set train.max_minutes=120"),
-    ("context", "ctx2", "--set data.context=2 --set train.max_epochs=30 --set train.max_minutes=0")])
-def test_variants_train_each_fold_from_scratch_and_compare_with_the_bundled_networks(
-        tmp_path, target, name, change):
-    lines = dry_run(tmp_path, target)
+def test_wide_trains_each_fold_from_scratch_and_compares_with_the_bundled_networks(tmp_path):
+    name, change = "wide", "--set model.base_filters=16"
+    lines = dry_run(tmp_path, "wide")
     run = f"{tmp_path}/r"
     for k in range(5):
         train = next(line for line in lines if f"-o {run}-{name}{k} " in line)
@@ -106,6 +103,6 @@ def test_a_variant_can_run_on_some_folds(tmp_path):
 
 
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
-    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide", "context")
+    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide")
     assert not [line for line in lines if line.startswith("rm ")]
     assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 6

@@ -43,7 +43,7 @@ def test_bundled_model_segments_real_patients(real_root):
     from gliomaseg.metrics import confusion, dice
 
     model = gliomaseg.load_model()
-    assert (model.cfg.data.context, model.cfg.data.channels, model.cfg.post.tta) == (1, "flair", True)
+    assert (model.cfg.data.context, model.cfg.data.channels, model.cfg.post.tta) == (2, "flair", True)
     scores = []
     for case in sorted(p for p in real_root.iterdir() if p.is_dir()):
         patient = read_patient(case)
