@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from gliomaseg.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from gliomaseg.config import Config
-from gliomaseg.inference import load_model
+from gliomaseg.config import Config, load_config
+from gliomaseg.inference import bundled_model_path, load_model
 from gliomaseg.model import Ensemble, UNet, build_model
 
 CFG = Config().replace(data={"size": 32, "context": 0}, model={"base_filters": 4, "depth": 2})
@@ -82,6 +83,16 @@ def test_member_states_split_an_ensemble_back_into_its_runs(tmp_path):
     bundle([src], tmp_path / "one.pt")
     with pytest.raises(CheckpointError, match="not an ensemble"):
         member_states(load_checkpoint(tmp_path / "one.pt"))
+
+
+def test_the_shipped_model_is_the_recipe_that_make_model_trains():
+    """MODEL.md's "Reproduce": configs/bundled.json and bundled-post.json are the shipped recipe."""
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    post = json.loads((configs / "bundled-post.json").read_text())
+    recipe = load_config(configs / "bundled.json")
+    state = load_checkpoint(bundled_model_path())
+    assert Config.from_dict(state["config"]) == recipe.replace(model={"members": 5}, post=post)
+    assert [m["config"] == recipe.replace(post=post).to_dict() for m in member_states(state)] == [True] * 5
 
 
 def test_bundle_stores_fp16_and_loads_within_fp16_noise(tmp_path):
