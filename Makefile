@@ -37,8 +37,9 @@ clean:
 
 # `make -j2 model DATA=...`: the bundled model from scratch (MODEL.md). Five folds of one
 # patient split, each trained with configs/bundled.json (30 epochs, about 40 CPU minutes on
-# one thread; -j2 trains two at a time); each fold's model scores its own validation patients and the report
-# pools all of them (the card's numbers); the five networks are then bundled as one ensemble.
+# one thread; -j2 trains two at a time); each fold's model scores its own validation
+# patients and the report pools all of them (the card's numbers); the five networks are then
+# bundled as one ensemble.
 FOLDS := 0 1 2 3 4
 POST := --tta --largest-component --largest-by probability --min-size 200
 # Cross-validations also report the post-processing chosen per fold on the other folds

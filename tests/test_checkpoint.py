@@ -92,7 +92,6 @@ def test_the_shipped_model_is_the_recipe_that_make_model_trains():
     recipe = load_config(configs / "bundled.json")
     state = load_checkpoint(bundled_model_path())
     assert Config.from_dict(state["config"]) == recipe.replace(model={"members": 5}, post=post)
-    assert [m["config"] == recipe.replace(post=post).to_dict() for m in member_states(state)] == [True] * 5
 
 
 def test_bundle_stores_fp16_and_loads_within_fp16_noise(tmp_path):
