@@ -478,15 +478,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return args.set + ([f"data.channels={args.channels}"] if args.channels else [])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gliomaseg",
-        description="Segment lower-grade glioma (FLAIR abnormality) in brain MRI slices "
-                    "with a U-Net on a CPU. Data: the Kaggle LGG MRI Segmentation layout.",
-        epilog="Run 'gliomaseg VERB --help' for examples of each verb.")
-    parser.add_argument("--version", action="version", version=f"gliomaseg {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-
+def _parser_check(sub) -> None:
     p = _add(sub, "check", "check a kaggle_3m dataset and summarise it", """
   gliomaseg check ~/data/kaggle_3m
   gliomaseg check ~/data/kaggle_3m/TCGA_CS_4941_19960909 --verbose
@@ -497,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="list slices per patient")
     p.set_defaults(func=cmd_check)
 
+
+def _parser_split(sub) -> None:
     p = _add(sub, "split", "patient-level k-fold split, stratified by site", """
   gliomaseg split ~/data/kaggle_3m --folds 5 --seed 0 -o splits.json""")
     p.add_argument("data", type=Path)
@@ -506,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_split)
 
+
+def _parser_synth(sub) -> None:
     p = _add(sub, "synth", "write synthetic phantoms in the Kaggle layout", """
   gliomaseg synth demo_data --cases 6 --seed 0""")
     p.add_argument("output", type=Path)
@@ -516,12 +512,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+
+def _parser_download(sub) -> None:
     p = _add(sub, "download", "fetch the Kaggle dataset with kagglehub (needs credentials)", """
   gliomaseg download ~/data/lgg""")
     p.add_argument("dest", type=Path)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_download)
 
+
+def _parser_train(sub) -> None:
     p = _add(sub, "train", "train the U-Net; best.pt is the best validation PV-DSC", """
   gliomaseg train ~/data/kaggle_3m -o runs/r1
   gliomaseg train ~/data/kaggle_3m -o runs/f0 --splits splits.json --val-fold 0
@@ -541,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _config_args(p)
     p.set_defaults(func=cmd_train)
+
+
+def _parser_tune(sub) -> None:
     p = _add(sub, "tune", "search hyper-parameters with Optuna (short training runs)", """
   gliomaseg tune ~/data/kaggle_3m -o tuning --trials 20
   gliomaseg tune ~/data/kaggle_3m -o tuning --trials 30 --storage sqlite:///study.db \\
@@ -586,6 +589,8 @@ sharing one study between processes and machines:
     _config_args(p)
     p.set_defaults(func=cmd_tune)
 
+
+def _parser_serve(sub) -> None:
     p = _add(sub, "serve", "web app: upload a scan, view the segmentation, download masks", """
   gliomaseg serve                                  # bundled model, http://127.0.0.1:8000/
   gliomaseg serve --model runs/r1/best.pt --port 8080
@@ -602,6 +607,9 @@ sharing one study between processes and machines:
                    help="results and temporary files are deleted after this time")
     p.add_argument("--concurrency", type=int, default=1, help="scans segmented at once")
     p.set_defaults(func=cmd_serve)
+
+
+def _parser_predict(sub) -> None:
     p = _add(sub, "predict", "segment slices, patient folders or a dataset root", """
   gliomaseg predict ~/scans/TCGA_CS_4941_19960909 -o preds
   gliomaseg predict ~/data/kaggle_3m -o preds --model runs/r1/best.pt --tta
@@ -629,6 +637,8 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+
+def _parser_bundle(sub) -> None:
     p = _add(sub, "bundle", "make one model file from a run, or an ensemble from several runs", """
   gliomaseg bundle runs/r1 -o model.pt
   gliomaseg bundle runs/fold0 runs/fold1 runs/fold2 runs/fold3 runs/fold4 -o ensemble.pt \\
@@ -644,6 +654,8 @@ Weights are stored as fp16 (upcast on load); optimiser state is dropped.""")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_bundle)
 
+
+def _parser_export(sub) -> None:
     p = _add(sub, "export", "export a checkpoint to one ONNX file + model.json (optional int8)", """
   gliomaseg export -o model.onnx
   gliomaseg export --model runs/r1/best.pt -o dist/model.onnx
@@ -659,6 +671,8 @@ Weights are stored as fp16 (upcast on load); optimiser state is dropped.""")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
+
+def _parser_evaluate(sub) -> None:
     p = _add(sub, "evaluate", "score a model on labelled patients: summary.json, report.html", """
   gliomaseg evaluate ~/data/kaggle_3m -o eval_bundled
   gliomaseg evaluate ~/data/kaggle_3m -o eval_r1 --model runs/r1/best.pt
@@ -721,6 +735,8 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _parser_compare(sub) -> None:
     p = _add(sub, "compare", "paired PV-DSC difference of two evaluations of the same patients", """
   gliomaseg compare eval_r1 eval_r2
   gliomaseg compare eval_r1 eval_r1 --variant plain +TTA   # two variants of one evaluation""")
@@ -730,6 +746,8 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
                    help="use a variant of the variants table: one name for both, or A's and B's")
     p.set_defaults(func=cmd_compare)
 
+
+def _parser_demo(sub) -> None:
     p = _add(sub, "demo", "synthetic data -> train a small model -> evaluation report", """
   gliomaseg demo demo --overwrite     # what 'make demo' runs (about 2 minutes on 2 cores)
   open demo/report/report.html""")
@@ -740,6 +758,24 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+
+# One function per verb, in the order `gliomaseg --help` lists them.
+VERBS = (
+    _parser_check, _parser_split, _parser_synth, _parser_download, _parser_train, _parser_tune,
+    _parser_serve, _parser_predict, _parser_bundle, _parser_export, _parser_evaluate,
+    _parser_compare, _parser_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gliomaseg",
+        description="Segment lower-grade glioma (FLAIR abnormality) in brain MRI slices "
+                    "with a U-Net on a CPU. Data: the Kaggle LGG MRI Segmentation layout.",
+        epilog="Run 'gliomaseg VERB --help' for examples of each verb.")
+    parser.add_argument("--version", action="version", version=f"gliomaseg {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for add_verb in VERBS:
+        add_verb(sub)
     return parser
 
 
