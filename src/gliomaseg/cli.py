@@ -385,7 +385,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         ev = evaluate(args.data, model.logits_fn, model.cfg, post=posts[0], cases=args.cases,
                       labels=args.labels, **common)
-    s = write_report(out, ev, None if models else model)
+    _print_evaluation(write_report(out, ev, None if models else model), out)
+    return 0
+
+
+def _print_evaluation(s: dict, out: Path) -> None:
+    """Per-fold lines, the pooled line, the variants table and the nested choices."""
     a, t = s["aggregate"], s["timing"]
     ci = a["dice_ci95"]
     for f in s["folds"]:
@@ -407,7 +412,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"nested choice of post-processing: mean PV-DSC {_num(d['mean'])} (95% CI "
               f"{_num(d['ci95'][0])}-{_num(d['ci95'][1])}), median {_num(d['median'])}")
     print(f"{t['seconds']:.1f} s ({t['slices_per_second']} slices/s) -> {out / 'report.html'}")
-    return 0
 
 
 def _num(value, digits: int = 3) -> str:
