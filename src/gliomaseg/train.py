@@ -201,6 +201,33 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, autocast, lr_at,
+                first_step: int) -> tuple[float, float]:
+    """One pass over `batches` (a progress bar over the loader); returns (mean training loss,
+    last learning rate).
+
+    `lr_at(step)` is the learning rate at the run's step `first_step`, `first_step + 1`, ...:
+    it is set every step, so warm-up and cosine decay do not jump at epoch boundaries.
+    """
+    net.train()
+    running, lr, steps = 0.0, 0.0, 0
+    for steps, (x, y) in enumerate(batches, 1):
+        lr = lr_at(first_step + steps - 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = x.to(device), y.to(device)
+        if cfg.train.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            loss = loss_fn(net(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += loss.item()
+        batches.set_postfix(loss=f"{running / steps:.4f}")
+    return running / max(steps, 1), lr
+
+
 def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_cases: list[str],
           resume: bool = False, use_cache: bool = True, trial=None,
           init: Path | None = None) -> dict:
@@ -272,35 +299,24 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
     # [stop flag, fraction of the time budget used]: decided on rank 0, shared with all ranks
     control = torch.tensor([0.0, elapsed / budget if budget else 0.0])
+
+    def lr_at(step: int) -> float:  # step counts from the run's start, across epochs
+        return cfg.train.lr * lr_factor(step, total_steps, warmup_steps, float(control[1]))
+
     for epoch in range(start_epoch, cfg.train.max_epochs + 1):
         t0, cpu0 = time.perf_counter(), time.process_time()
         train_set.epoch = epoch
         if sampler is not None:
             sampler.set_epoch(epoch)
-        net.train()
-        running = 0.0
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
                    disable=rank != 0 or None)
-        for step, (x, y) in enumerate(bar, 1):
-            lr = cfg.train.lr * lr_factor((epoch - 1) * steps_per_epoch + step - 1, total_steps,
-                                          warmup_steps, float(control[1]))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device), y.to(device)
-            if cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                loss = loss_fn(net(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.item()
-            bar.set_postfix(loss=f"{running / step:.4f}")
+        train_loss, lr = train_epoch(net, bar, optimizer, loss_fn, cfg, device, autocast,
+                                     lr_at, first_step=(epoch - 1) * steps_per_epoch)
         if rank == 0:
             val = validate(model, val_set, cfg, loss_fn)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             elapsed += cpu if cfg.train.budget_clock == "cpu" else wall
-            row = {"epoch": epoch, "train_loss": round(running / steps_per_epoch, 5),
+            row = {"epoch": epoch, "train_loss": round(train_loss, 5),
                    **{k: round(v, 5) for k, v in val.items()},
                    "lr": f"{lr:.3g}", "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
             rows.append(row)
