@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -114,6 +114,95 @@ def _sweep_dirs(root: Path, ttl: float, active: set[Path]) -> None:
             pass
 
 
+# The routes of one result. Module level: they need only the store on app.state.
+result_routes = APIRouter(prefix="/api/results")
+
+
+def result_or_404(request: Request, rid: str) -> res.Result:
+    found = request.app.state.store.get(rid)
+    if found is None:
+        raise HTTPException(404, "No such result: it has expired or was deleted. "
+                                 "Upload the scan again.")
+    return found
+
+
+def summary(request: Request, r: res.Result) -> dict:
+    base = f"/api/results/{r.id}"
+    return {**res.stats(r), "expires_in": round(request.app.state.store.expires_in(r)),
+            "links": {"masks": f"{base}/masks.zip", "nifti": f"{base}/mask.nii.gz",
+                      "slice": f"{base}/slices/{{index}}.png",
+                      "prediction": f"{base}/prediction/{{index}}.png",
+                      "truth": f"{base}/truth/{{index}}.png" if r.truth is not None
+                      else None}}
+
+
+@result_routes.get("/{rid}", summary="statistics of a result")
+def get_result(request: Request, rid: Rid) -> dict:
+    return summary(request, result_or_404(request, rid))
+
+
+@result_routes.delete("/{rid}", status_code=204, summary="delete a result now")
+def delete_result(request: Request, rid: Rid) -> Response:
+    if not request.app.state.store.remove(rid):
+        raise HTTPException(404, "No such result.")
+    return Response(status_code=204)
+
+
+def _png(content: bytes) -> Response:
+    return Response(content, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=600"})
+
+
+def _slice(request: Request, rid: str, index: int) -> res.Result:
+    r = result_or_404(request, rid)
+    if index >= r.num_slices:
+        raise HTTPException(404, f"Slice {index} does not exist (0-{r.num_slices - 1}).")
+    return r
+
+
+@result_routes.get("/{rid}/slices/{index}.png", summary="one MRI slice as PNG")
+def get_slice(request: Request, rid: Rid, index: Index,
+              channel: Literal["flair", "pre", "post", "rgb"] = "flair") -> Response:
+    return _png(res.slice_png(_slice(request, rid, index), index, channel))
+
+
+@result_routes.get("/{rid}/prediction/{index}.png",
+                   summary="predicted tumour of one slice (RGBA PNG overlay)")
+def get_prediction(request: Request, rid: Rid, index: Index) -> Response:
+    return _png(res.prediction_png(_slice(request, rid, index), index))
+
+
+@result_routes.get("/{rid}/truth/{index}.png",
+                   summary="ground-truth outline of one slice (RGBA PNG overlay)")
+def get_truth(request: Request, rid: Rid, index: Index) -> Response:
+    r = _slice(request, rid, index)
+    if r.truth is None:
+        raise HTTPException(404, "This upload had no masks, so there is no ground truth.")
+    return _png(res.truth_png(r, index))
+
+
+def _download(content: bytes, media: str, name: str) -> Response:
+    return Response(content, media_type=media, headers={
+        "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
+
+
+@result_routes.get("/{rid}/masks.zip", summary="predicted masks, Kaggle naming, zipped")
+def get_masks(request: Request, rid: Rid) -> Response:
+    r = result_or_404(request, rid)
+    return _download(res.masks_zip(r), "application/zip", f"{r.case}_masks.zip")
+
+
+@result_routes.get("/{rid}/mask.nii.gz", summary="predicted mask as a NIfTI volume")
+def get_nifti(request: Request, rid: Rid) -> Response:
+    r = result_or_404(request, rid)
+    workdir = Path(tempfile.mkdtemp(dir=request.app.state.root))
+    try:
+        content = res.nifti_gz(r, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _download(content, "application/gzip", f"{r.case}_mask.nii.gz")
+
+
 def create_app(segmenter_or_loader: Any, settings: WebSettings | None = None,
                clock: Callable[[], float] = time.monotonic) -> FastAPI:
     """The app around a Segmenter, or a zero-argument callable returning one (called at startup).
@@ -165,22 +254,6 @@ def create_app(segmenter_or_loader: Any, settings: WebSettings | None = None,
     @app.exception_handler(DataError)
     async def data_error(_: Request, exc: DataError):
         return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    def result_or_404(request: Request, rid: str) -> res.Result:
-        found = request.app.state.store.get(rid)
-        if found is None:
-            raise HTTPException(404, "No such result: it has expired or was deleted. "
-                                     "Upload the scan again.")
-        return found
-
-    def summary(request: Request, r: res.Result) -> dict:
-        base = f"/api/results/{r.id}"
-        return {**res.stats(r), "expires_in": round(request.app.state.store.expires_in(r)),
-                "links": {"masks": f"{base}/masks.zip", "nifti": f"{base}/mask.nii.gz",
-                          "slice": f"{base}/slices/{{index}}.png",
-                          "prediction": f"{base}/prediction/{{index}}.png",
-                          "truth": f"{base}/truth/{{index}}.png" if r.truth is not None
-                          else None}}
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -236,62 +309,6 @@ def create_app(segmenter_or_loader: Any, settings: WebSettings | None = None,
         s.store.add(result)
         return summary(request, result)
 
-    @app.get("/api/results/{rid}", summary="statistics of a result")
-    def get_result(request: Request, rid: Rid) -> dict:
-        return summary(request, result_or_404(request, rid))
-
-    @app.delete("/api/results/{rid}", status_code=204, summary="delete a result now")
-    def delete_result(request: Request, rid: Rid) -> Response:
-        if not request.app.state.store.remove(rid):
-            raise HTTPException(404, "No such result.")
-        return Response(status_code=204)
-
-    def _png(content: bytes) -> Response:
-        return Response(content, media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=600"})
-
-    def _slice(request: Request, rid: str, index: int) -> res.Result:
-        r = result_or_404(request, rid)
-        if index >= r.num_slices:
-            raise HTTPException(404, f"Slice {index} does not exist (0-{r.num_slices - 1}).")
-        return r
-
-    @app.get("/api/results/{rid}/slices/{index}.png", summary="one MRI slice as PNG")
-    def get_slice(request: Request, rid: Rid, index: Index,
-                  channel: Literal["flair", "pre", "post", "rgb"] = "flair") -> Response:
-        return _png(res.slice_png(_slice(request, rid, index), index, channel))
-
-    @app.get("/api/results/{rid}/prediction/{index}.png",
-             summary="predicted tumour of one slice (RGBA PNG overlay)")
-    def get_prediction(request: Request, rid: Rid, index: Index) -> Response:
-        return _png(res.prediction_png(_slice(request, rid, index), index))
-
-    @app.get("/api/results/{rid}/truth/{index}.png",
-             summary="ground-truth outline of one slice (RGBA PNG overlay)")
-    def get_truth(request: Request, rid: Rid, index: Index) -> Response:
-        r = _slice(request, rid, index)
-        if r.truth is None:
-            raise HTTPException(404, "This upload had no masks, so there is no ground truth.")
-        return _png(res.truth_png(r, index))
-
-    def _download(content: bytes, media: str, name: str) -> Response:
-        return Response(content, media_type=media, headers={
-            "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
-
-    @app.get("/api/results/{rid}/masks.zip", summary="predicted masks, Kaggle naming, zipped")
-    def get_masks(request: Request, rid: Rid) -> Response:
-        r = result_or_404(request, rid)
-        return _download(res.masks_zip(r), "application/zip", f"{r.case}_masks.zip")
-
-    @app.get("/api/results/{rid}/mask.nii.gz", summary="predicted mask as a NIfTI volume")
-    def get_nifti(request: Request, rid: Rid) -> Response:
-        r = result_or_404(request, rid)
-        workdir = Path(tempfile.mkdtemp(dir=request.app.state.root))
-        try:
-            content = res.nifti_gz(r, workdir)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return _download(content, "application/gzip", f"{r.case}_mask.nii.gz")
-
+    app.include_router(result_routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
