@@ -416,17 +416,35 @@ DEFINITIONS = [
 ]
 
 
+def _post_text(post: dict) -> str:
+    """The post-processing settings in words, e.g. 'threshold 0.5, flip TTA'."""
+    return ", ".join([f"threshold {post['threshold']}"]
+                     + (["flip TTA"] if post["tta"] else [])
+                     + ([f"largest 3D component (by {post['largest_by']})"]
+                        if post["largest_component"] else [])
+                     + ([f"min size {post['min_size']} voxels"] if post["min_size"] else [])
+                     + (["fill holes"] if post["fill_holes"] else []))
+
+
+def _slice_section(sl: dict) -> str:
+    """Slice counts, slice Dice and slice detection (slice_level of the summary)."""
+    det = sl["detection"]
+    return f"""<section><h2>Slice level</h2>
+<table><thead><tr><th>slices</th><th>with tumour</th><th>mean slice Dice</th>
+<th>median slice Dice</th><th>slices scored</th><th>detection sensitivity</th>
+<th>detection specificity</th></tr></thead><tbody><tr><td>{sl['slices']:,}</td>
+<td>{sl['tumour_slices']:,}</td><td>{_fmt(sl['dice']['mean'])}</td>
+<td>{_fmt(sl['dice']['median'])}</td><td>{sl['dice']['n']:,}</td>
+<td>{_fmt(det['sensitivity'])}</td><td>{_fmt(det['specificity'])}</td></tr></tbody></table>
+<p class="note">Detection counts: {det['tp']} true positive, {det['fp']} false positive,
+{det['fn']} false negative, {det['tn']} true negative slices. Slice Dice excludes slices where
+truth and prediction are both empty.</p></section>"""
+
+
 def render_html(s: dict, figs: dict) -> str:
     """The report page from a summary (build_summary) and figures (figures())."""
     a, cfg, m = s["aggregate"], s["config"], s["model"]
-    sl = s["slice_level"]
-    post = cfg["post"]
-    post_text = ", ".join([f"threshold {post['threshold']}"]
-                          + (["flip TTA"] if post["tta"] else [])
-                          + ([f"largest 3D component (by {post['largest_by']})"]
-                             if post["largest_component"] else [])
-                          + ([f"min size {post['min_size']} voxels"] if post["min_size"] else [])
-                          + (["fill holes"] if post["fill_holes"] else []))
+    post_text = _post_text(cfg["post"])
     model_text = f"<code>{html.escape(m.get('path', 'unknown model'))}</code>"
     if s["folds"]:
         model_text = (f"{len(s['folds'])} fold models (cross-validation: each patient scored "
@@ -437,7 +455,6 @@ def render_html(s: dict, figs: dict) -> str:
               '<p class="caption">From the model\'s run folder (curves.png).</p></section>'
               if figs.get("curves") else "")
     defs = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS)
-    det = sl["detection"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -473,16 +490,7 @@ patient sorted and coloured by site.</p></section>
 <p class="note">For each patient: the slice with the most true tumour and the slice with the
 largest error (false positives + false negatives). FLAIR channel; overlay: ground truth
 outlined, prediction filled.</p>{_gallery(figs['gallery'])}</section>
-<section><h2>Slice level</h2>
-<table><thead><tr><th>slices</th><th>with tumour</th><th>mean slice Dice</th>
-<th>median slice Dice</th><th>slices scored</th><th>detection sensitivity</th>
-<th>detection specificity</th></tr></thead><tbody><tr><td>{sl['slices']:,}</td>
-<td>{sl['tumour_slices']:,}</td><td>{_fmt(sl['dice']['mean'])}</td>
-<td>{_fmt(sl['dice']['median'])}</td><td>{sl['dice']['n']:,}</td>
-<td>{_fmt(det['sensitivity'])}</td><td>{_fmt(det['specificity'])}</td></tr></tbody></table>
-<p class="note">Detection counts: {det['tp']} true positive, {det['fp']} false positive,
-{det['fn']} false negative, {det['tn']} true negative slices. Slice Dice excludes slices where
-truth and prediction are both empty.</p></section>
+{_slice_section(s["slice_level"])}
 <section><h2>Per patient</h2>{_case_table(s['per_case'])}</section>
 {curves}
 <section><h2>Definitions</h2><dl class="defs">{defs}</dl>
