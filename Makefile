@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv seeds restart seedpairs variant wide clean
+.PHONY: demo test lint install model cv seeds restart seedpairs variant variantpairs wide clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -177,6 +177,20 @@ $(RUN)-$(NAME)-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-$(NAME)$(f)/best.pt)
 $(RUN)-$(NAME)%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-$(NAME)$* --splits $(RUN)-splits.json \
 		--val-fold $* --config configs/bundled.json $(SET) --overwrite
+
+# `make variantpairs NAME=... SET=...` after `make model` and `make variant`: each fold's
+# bundled network and its NAME network as an ensemble of two, cross-validated (neither
+# network trained on the fold it scores) and compared per patient with the bundled networks
+# (MODEL.md, "Crops centred on tumour more often").
+variantpairs: $(RUN)-$(NAME)pairs-cv/summary.json $(RUN)-members-cv/summary.json
+	$(call COMPARE,$(RUN)-members-cv,$(RUN)-$(NAME)pairs-cv)
+	$(BIN)/gliomaseg compare $(RUN)-members-cv $(RUN)-$(NAME)pairs-cv --variant "nested choice"
+
+$(RUN)-$(NAME)pairs-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-$(NAME)pair$(f).pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(CVPOST) -o $(RUN)-$(NAME)pairs-cv --overwrite
+
+$(RUN)-$(NAME)pair%.pt: $(RUN)-fold%/best.pt $(RUN)-$(NAME)%/best.pt
+	$(BIN)/gliomaseg bundle $(dir $^) --post configs/bundled-post.json -o $@ --overwrite
 
 # `make -j2 wide DATA=...`: the "wider" lever (MODEL.md, "Wider networks"): 16 base filters
 # instead of 8 (1.94 M parameters), for the same 30 epochs (about 2.3 times the CPU).

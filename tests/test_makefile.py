@@ -1,4 +1,5 @@
-"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`, `variant`), dry-run.
+"""The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`, `variant`,
+`variantpairs`), dry-run.
 
 `make -n` prints the commands without running them, so these tests check the wiring that
 the card's numbers depend on: which checkpoint each run starts from, which runs each
@@ -102,7 +103,22 @@ def test_a_variant_can_run_on_some_folds(tmp_path):
     assert f"{tmp_path}/r-try0/ {tmp_path}/r-try3/ " in cv
 
 
+def test_variantpairs_pairs_each_fold_with_its_own_variant_network(tmp_path):
+    lines = dry_run(tmp_path, "variantpairs", "NAME=fg80", "SET=--set train.foreground_fraction=0.8")
+    run = f"{tmp_path}/r"
+    for k in range(5):
+        pair = next(line for line in lines if f"-o {run}-fg80pair{k}.pt" in line)
+        assert f"bundle {run}-fold{k}/ {run}-fg80{k}/ " in pair
+        train = next(line for line in lines if f"-o {run}-fg80{k} " in line)
+        assert f"--val-fold {k} " in train and "--set train.foreground_fraction=0.8 " in train
+    cv = next(line for line in lines if f"-o {run}-fg80pairs-cv " in line)
+    assert all(f"{run}-fg80pair{k}.pt" in cv for k in range(5)) and " --nested-post " in cv
+    compares = [line for line in lines if " compare " in line]
+    assert all(f"compare {run}-members-cv {run}-fg80pairs-cv" in line for line in compares)
+    assert len(compares) == 2 and any('--variant "nested choice"' in line for line in compares)
+
+
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
-    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide")
+    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide", "variantpairs")
     assert not [line for line in lines if line.startswith("rm ")]
     assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 6
