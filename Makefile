@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv seeds restart seedpairs variant variantpairs wide clean
+.PHONY: demo test lint install model cv seeds restart seedpairs variant ensemble nested wide clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -178,19 +178,55 @@ $(RUN)-$(NAME)%/best.pt: | $(RUN)-splits.json
 	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(RUN)-$(NAME)$* --splits $(RUN)-splits.json \
 		--val-fold $* --config configs/bundled.json $(SET) --overwrite
 
-# `make variantpairs NAME=... SET=...` after `make model` and `make variant`: each fold's
-# bundled network and its NAME network as an ensemble of two, cross-validated (neither
-# network trained on the fold it scores) and compared per patient with the bundled networks
-# (MODEL.md, "Crops centred on tumour more often").
-variantpairs: $(RUN)-$(NAME)pairs-cv/summary.json $(RUN)-members-cv/summary.json
-	$(call COMPARE,$(RUN)-members-cv,$(RUN)-$(NAME)pairs-cv)
-	$(BIN)/gliomaseg compare $(RUN)-members-cv $(RUN)-$(NAME)pairs-cv --variant "nested choice"
+# `make ensemble NAMES="fg80 dice80" [CKPT=last.pt]` after `make model` and `make variant` for
+# each NAME: each fold's bundled network and its NAMES networks as one ensemble, cross-validated
+# (no member trained on the fold it scores) and compared per patient with the bundled networks
+# (MODEL.md, "Crops centred on tumour more often", "Four networks per fold"). CKPT=last.pt
+# takes every network's last epoch instead of its best on the fold it scores; with no NAMES,
+# that cross-validates the bundled networks at their last epoch.
+NAMES ?=
+CKPT ?= best.pt
+EMPTY :=
+ENS := $(RUN)-ens$(subst $(EMPTY) ,,$(foreach n,$(NAMES),-$(n)))$(if $(filter last.pt,$(CKPT)),-last)
 
-$(RUN)-$(NAME)pairs-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-$(NAME)pair$(f).pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(CVPOST) -o $(RUN)-$(NAME)pairs-cv --overwrite
+ensemble: $(ENS)-cv/summary.json $(RUN)-members-cv/summary.json
+	$(call COMPARE,$(RUN)-members-cv,$(ENS)-cv)
+	$(BIN)/gliomaseg compare $(RUN)-members-cv $(ENS)-cv --variant "nested choice"
 
-$(RUN)-$(NAME)pair%.pt: $(RUN)-fold%/best.pt $(RUN)-$(NAME)%/best.pt
+$(ENS)-cv/summary.json: $(foreach f,$(FOLDS),$(ENS)-fold$(f).pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(CVPOST) -o $(ENS)-cv --overwrite
+
+$(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
+	$(BIN)/gliomaseg bundle $(addsuffix $(CKPT),$(dir $^)) --post configs/bundled-post.json \
+		-o $@ --overwrite
+
+# `make -j4 nested OUTER=0 DATA=...`: the shipped structure, an ensemble of cross-validation
+# networks, on patients none of its networks trained on (MODEL.md, "An ensemble of folds on
+# unseen patients"). Outer fold OUTER's patients are held out; the other four folds become
+# the inner folds (`gliomaseg split --inner-of`), one network each, trained on the other three;
+# the four are bundled and score the held-out patients, and `compare` pairs them with the
+# bundled network of fold OUTER (trained on all four folds' patients).
+OUTER ?= 0
+OUT := $(RUN)-outer$(OUTER)
+
+nested: $(OUT)-eval/summary.json $(RUN)-members-cv/summary.json
+	$(call COMPARE,$(RUN)-members-cv,$(OUT)-eval)
+
+$(OUT)-eval/summary.json: $(OUT).pt
+	$(BIN)/gliomaseg evaluate $(DATA) --model $< $(POST) -o $(OUT)-eval --overwrite --cases \
+		$$($(BIN)/python -c "import json; print(*json.load(open('$(RUN)-splits.json'))[$(OUTER)]['val'])")
+
+$(OUT).pt: $(foreach i,0 1 2 3,$(OUT)-inner$(i)/best.pt)
 	$(BIN)/gliomaseg bundle $(dir $^) --post configs/bundled-post.json -o $@ --overwrite
+
+$(OUT)-splits.json: | $(RUN)-splits.json
+	$(BIN)/gliomaseg split $(DATA) --inner-of $(RUN)-splits.json --outer-fold $(OUTER) -o $@ --overwrite
+
+.PRECIOUS: $(OUT)-inner%/best.pt
+
+$(OUT)-inner%/best.pt: | $(OUT)-splits.json
+	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(OUT)-inner$* --splits $(OUT)-splits.json \
+		--val-fold $* --config configs/bundled.json --overwrite
 
 # `make -j2 wide DATA=...`: the "wider" lever (MODEL.md, "Wider networks"): 16 base filters
 # instead of 8 (1.94 M parameters), for the same 30 epochs (about 2.3 times the CPU).

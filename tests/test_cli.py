@@ -82,6 +82,22 @@ def test_split_writes_nnunet_shape_and_refuses_overwrite(synth_root, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
 
+def test_split_inner_of_writes_the_inner_folds_of_one_outer_fold(synth_root, tmp_path):
+    outer, inner = tmp_path / "splits.json", tmp_path / "inner.json"
+    assert main(["split", str(synth_root), "--folds", "4", "-o", str(outer)]) == 0
+    args = ["split", str(synth_root), "--inner-of", str(outer), "--outer-fold", "1"]
+    assert main([*args, "-o", str(inner)]) == 0
+    held_out = set(json.loads(outer.read_text())[1]["val"])
+    folds = json.loads(inner.read_text())
+    assert len(folds) == 3 and all(not set(f["train"] + f["val"]) & held_out for f in folds)
+    unknown = {"val": ["TCGA_XX_0000_20000101"], "train": []}
+    for text in (json.dumps([unknown] * 3), "[1, 2, 3]", "{", ""):
+        (tmp_path / "bad.json").write_text(text)
+        r = run_cli(*args[:2], "--inner-of", tmp_path / "bad.json", "-o", tmp_path / "x.json")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "x.json").exists()
+
+
 def test_split_output_inside_input_is_refused(synth_root):
     r = run_cli("split", synth_root, "--folds", "2", "-o", synth_root / "splits.json")
     assert r.returncode == 2 and "inside the input" in r.stderr

@@ -10,6 +10,7 @@ from gliomaseg.data import (
     DataError,
     check_dataset,
     find_patients,
+    inner_folds,
     missing_sequences,
     read_image,
     read_mask,
@@ -176,6 +177,23 @@ def test_splits_are_patient_level_disjoint_and_stratified():
     assert max(du) - min(du) <= 1  # each site spread evenly
     assert split_folds(cases, 5, seed=0) == folds
     assert split_folds(cases, 5, seed=1) != folds
+
+
+def test_inner_folds_never_see_the_outer_fold():
+    cases = [f"TCGA_DU_{i:04d}_2000" for i in range(20)]
+    folds = split_folds(cases, 5, seed=0)
+    for outer in range(5):
+        inner = inner_folds(folds, outer)
+        held_out = set(folds[outer]["val"])
+        assert [f["val"] for f in inner] == [f["val"] for k, f in enumerate(folds) if k != outer]
+        for f in inner:
+            assert not (set(f["train"]) | set(f["val"])) & held_out
+            assert not set(f["train"]) & set(f["val"])
+            assert set(f["train"]) | set(f["val"]) == set(cases) - held_out
+    with pytest.raises(DataError):
+        inner_folds(folds, 5)
+    with pytest.raises(DataError):
+        inner_folds(folds[:2], 0)
 
 
 def test_split_refuses_too_few_patients():

@@ -1,5 +1,5 @@
 """The Makefile recipes behind the model card (`model`, `seeds`, `restart`, `seedpairs`, `variant`,
-`variantpairs`), dry-run.
+`ensemble`, `nested`), dry-run.
 
 `make -n` prints the commands without running them, so these tests check the wiring that
 the card's numbers depend on: which checkpoint each run starts from, which runs each
@@ -103,22 +103,46 @@ def test_a_variant_can_run_on_some_folds(tmp_path):
     assert f"{tmp_path}/r-try0/ {tmp_path}/r-try3/ " in cv
 
 
-def test_variantpairs_pairs_each_fold_with_its_own_variant_network(tmp_path):
-    lines = dry_run(tmp_path, "variantpairs", "NAME=fg80", "SET=--set train.foreground_fraction=0.8")
+@pytest.mark.parametrize(("ckpt", "suffix"), [("best.pt", ""), ("last.pt", "-last")])
+def test_ensemble_joins_each_fold_with_its_own_variant_networks(tmp_path, ckpt, suffix):
     run = f"{tmp_path}/r"
+    for name in ("fg80", "dice80"):  # `make variant` has trained these
+        for k in range(5):
+            (tmp_path / f"r-{name}{k}").mkdir()
+            (tmp_path / f"r-{name}{k}" / "best.pt").touch()
+    lines = dry_run(tmp_path, "ensemble", "NAMES=fg80 dice80", f"CKPT={ckpt}")
+    ens = f"{run}-ens-fg80-dice80{suffix}"
     for k in range(5):
-        pair = next(line for line in lines if f"-o {run}-fg80pair{k}.pt" in line)
-        assert f"bundle {run}-fold{k}/ {run}-fg80{k}/ " in pair
-        train = next(line for line in lines if f"-o {run}-fg80{k} " in line)
-        assert f"--val-fold {k} " in train and "--set train.foreground_fraction=0.8 " in train
-    cv = next(line for line in lines if f"-o {run}-fg80pairs-cv " in line)
-    assert all(f"{run}-fg80pair{k}.pt" in cv for k in range(5)) and " --nested-post " in cv
+        joined = next(line for line in lines if f"-o {ens}-fold{k}.pt" in line)
+        assert f"bundle {run}-fold{k}/{ckpt} {run}-fg80{k}/{ckpt} {run}-dice80{k}/{ckpt} " in joined
+    assert not [line for line in lines if " train " in line and "-fold" not in line]
+    cv = next(line for line in lines if f"-o {ens}-cv " in line)
+    assert all(f"{ens}-fold{k}.pt" in cv for k in range(5)) and " --nested-post " in cv
     compares = [line for line in lines if " compare " in line]
-    assert all(f"compare {run}-members-cv {run}-fg80pairs-cv" in line for line in compares)
+    assert all(f"compare {run}-members-cv {ens}-cv" in line for line in compares)
     assert len(compares) == 2 and any('--variant "nested choice"' in line for line in compares)
 
 
+def test_nested_trains_inner_folds_without_the_outer_fold_and_scores_it(tmp_path):
+    run = f"{tmp_path}/r"
+    lines = dry_run(tmp_path, "nested", "OUTER=2")
+    inner = next(line for line in lines if " --inner-of " in line)
+    assert f"--inner-of {run}-splits.json --outer-fold 2 -o {run}-outer2-splits.json" in inner
+    trains = [line for line in lines if " train data " in line]
+    assert len(trains) == 4
+    for k, t in enumerate(trains):
+        assert f"-o {run}-outer2-inner{k} --splits {run}-outer2-splits.json " in t
+        assert f"--val-fold {k} --config configs/bundled.json " in t
+    joined = next(line for line in lines if f"-o {run}-outer2.pt " in line)
+    assert all(f"{run}-outer2-inner{k}/" in joined for k in range(4))
+    scored = next(line for line in lines if f"-o {run}-outer2-eval " in line)
+    assert f"--model {run}-outer2.pt " in scored and "[2]['val']" in scored
+    assert " --cv" not in scored  # the joined file's own val_cases are its training patients
+    compares = [line for line in lines if " compare " in line]
+    assert compares and all(f"compare {run}-members-cv {run}-outer2-eval" in c for c in compares)
+
+
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
-    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide", "variantpairs")
+    lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide", "nested")
     assert not [line for line in lines if line.startswith("rm ")]
     assert sum(f"-o {tmp_path}/r-seed" in line and " train " in line for line in lines) == 6

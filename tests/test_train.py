@@ -13,8 +13,8 @@ from conftest import TINY, run_cli
 
 from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config
-from gliomaseg.data import list_cases
-from gliomaseg.train import CropDataset, lr_factor, train
+from gliomaseg.data import DataError, list_cases
+from gliomaseg.train import CropDataset, choose_cases, lr_factor, train
 
 
 def read_rows(run):
@@ -44,6 +44,36 @@ def test_checkpoint_holds_model_config_and_training_state(tiny_run):
 def test_validation_patients_never_enter_training(tiny_run):
     run = json.loads((tiny_run / "run.json").read_text())
     assert run["val"] and not set(run["train"]) & set(run["val"])
+
+
+CASES = [f"TCGA_CS_{i}_20000101" for i in range(6)]
+
+
+def test_choose_cases_trains_on_every_other_patient_by_default(tmp_path):
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps([{"train": CASES[2:], "val": CASES[:2]}]))
+    for kwargs in ({"splits": None, "val_cases": CASES[:2]}, {"splits": splits, "val_cases": None}):
+        train_cases, val = choose_cases(CASES, Config(), fold=0, **kwargs)
+        assert (train_cases, val) == (CASES[2:], CASES[:2])
+    train_cases, val = choose_cases(CASES, Config(), None, None, None)
+    assert val and sorted(train_cases + val) == CASES
+
+
+def test_choose_cases_honours_a_splits_fold_that_trains_on_fewer_patients(tmp_path):
+    # The inner folds of a nested cross-validation leave an outer fold out of both lists.
+    splits = tmp_path / "inner.json"
+    splits.write_text(json.dumps([{"train": CASES[2:4], "val": CASES[4:]}]))
+    assert choose_cases(CASES, Config(), splits, 0, None) == (CASES[2:4], CASES[4:])
+
+
+@pytest.mark.parametrize("fold", [{"train": CASES[1:3], "val": CASES[:2]},
+                                  {"train": ["TCGA_XX_0000_20000101"], "val": CASES[:1]},
+                                  {"val": ["TCGA_XX_0000_20000101"]}, {"train": CASES}, "oops"])
+def test_choose_cases_rejects_an_inconsistent_splits_fold(tmp_path, fold):
+    splits = tmp_path / "bad.json"
+    splits.write_text(json.dumps([fold]))
+    with pytest.raises(DataError):
+        choose_cases(CASES, Config(), splits, 0, None)
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_index(synth_root):

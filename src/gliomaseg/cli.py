@@ -83,9 +83,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- split -------------------------------------------------------------------------------------
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .data import list_cases, split_folds
+    from .data import inner_folds, list_cases, split_folds
 
-    folds = split_folds(list_cases(args.data), args.folds, args.seed)
+    if args.inner_of is None:
+        folds = split_folds(list_cases(args.data), args.folds, args.seed)
+    else:
+        try:
+            outer = json.loads(args.inner_of.read_text())
+            folds = inner_folds(outer, args.outer_fold)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{args.inner_of}: not a splits file ({exc})") from None
+        unknown = sorted({c for f in folds for c in f["val"]} - set(list_cases(args.data)))
+        if unknown:
+            raise DataError(f"{args.inner_of}: no patient folder {unknown[0]} in {args.data}")
     ensure_output(args.output, args.overwrite, [args.data])
     args.output.write_text(json.dumps(folds, indent=2))
     sizes = ", ".join(str(len(f["val"])) for f in folds)
@@ -120,7 +130,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import list_cases
-    from .train import choose_val_cases, train
+    from .train import choose_cases, train
 
     if args.resume:
         run_dir = args.resume
@@ -137,8 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, _overrides(args))
         run_dir, data = ensure_output(args.output, args.overwrite, [args.data]), args.data
         cases = list_cases(data)
-        val_cases = choose_val_cases(cases, cfg, args.splits, args.val_fold, args.val_cases)
-        train_cases = [c for c in cases if c not in set(val_cases)]
+        train_cases, val_cases = choose_cases(cases, cfg, args.splits, args.val_fold,
+                                              args.val_cases)
         if not train_cases or not val_cases:
             raise UsageError(f"{data}: need at least one training and one validation patient")
     init = args.init
@@ -164,15 +174,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from .data import list_cases
-    from .train import choose_val_cases
+    from .train import choose_cases
     from .tune import TuneError, best_config, config_diff, open_storage, tune, with_trial_budget
 
     if args.trials < 0:
         raise UsageError(f"--trials must be >= 0, got {args.trials}")
     base = with_trial_budget(load_config(args.config, _overrides(args)))
     cases = list_cases(args.data)
-    val_cases = choose_val_cases(cases, base, args.splits, args.val_fold, args.val_cases)
-    train_cases = [c for c in cases if c not in set(val_cases)]
+    train_cases, val_cases = choose_cases(cases, base, args.splits, args.val_fold, args.val_cases)
     if not train_cases or not val_cases:
         raise UsageError(f"{args.data}: need at least one training and one validation patient")
     out = args.output
@@ -496,10 +505,15 @@ def _parser_check(sub) -> None:
 
 def _parser_split(sub) -> None:
     p = _add(sub, "split", "patient-level k-fold split, stratified by site", """
-  gliomaseg split ~/data/kaggle_3m --folds 5 --seed 0 -o splits.json""")
+  gliomaseg split ~/data/kaggle_3m --folds 5 --seed 0 -o splits.json
+  gliomaseg split ~/data/kaggle_3m --inner-of splits.json --outer-fold 0 -o inner0.json""")
     p.add_argument("data", type=Path)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inner-of", type=Path, metavar="SPLITS",
+                   help="instead: the inner folds of a nested cross-validation, every fold of "
+                        "SPLITS but --outer-fold (each trained on the others)")
+    p.add_argument("--outer-fold", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_split)
@@ -536,7 +550,8 @@ def _parser_train(sub) -> None:
     p.add_argument("data", type=Path, nargs="?")
     p.add_argument("-o", "--output", type=Path)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a stopped run")
-    p.add_argument("--splits", type=Path, help="splits.json from 'gliomaseg split'")
+    p.add_argument("--splits", type=Path, help="splits.json from 'gliomaseg split' (a fold's "
+                   "\"train\" list, when given, is used as is)")
     p.add_argument("--val-fold", type=int, default=None)
     p.add_argument("--val-cases", nargs="+", help="validation patient folder names")
     p.add_argument("--init", type=Path, metavar="CHECKPOINT",
@@ -583,7 +598,8 @@ sharing one study between processes and machines:
                    help="sqlite:///FILE, postgresql://... or mysql://... "
                         "(default OUT_DIR/study.db)")
     p.add_argument("--study-name", default="gliomaseg", metavar="NAME")
-    p.add_argument("--splits", type=Path, help="splits.json from 'gliomaseg split'")
+    p.add_argument("--splits", type=Path, help="splits.json from 'gliomaseg split' (a fold's "
+                   "\"train\" list, when given, is used as is)")
     p.add_argument("--val-fold", type=int, default=None)
     p.add_argument("--val-cases", nargs="+", help="validation patient folder names")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (unset when sharing)")

@@ -324,6 +324,22 @@ def split_folds(cases: list[str], folds: int, seed: int) -> list[dict[str, list[
     return [{"train": sorted(set(cases) - set(v)), "val": sorted(v)} for v in val]
 
 
+def inner_folds(folds: list[dict[str, list[str]]], outer: int) -> list[dict[str, list[str]]]:
+    """The folds of a nested cross-validation inside outer fold `outer` of `folds`.
+
+    Outer fold `outer`'s validation patients are left out of every inner fold, and each other
+    outer fold becomes one inner validation fold, trained on the remaining ones; so an
+    ensemble of the inner networks can be scored on patients none of them trained on, as
+    the bundled ensemble of all folds would meet new patients. Same shape as `split_folds`.
+    """
+    if not 0 <= outer < len(folds) or len(folds) < 3:
+        raise DataError(f"outer fold {outer} of {len(folds)} folds: need a fold index of at "
+                        "least 3 folds")
+    others = [sorted(f["val"]) for k, f in enumerate(folds) if k != outer]
+    return [{"train": sorted(c for v in others if v is not val for c in v), "val": val}
+            for val in others]
+
+
 def download_dataset(dest: Path, kagglehub=None) -> Path:
     """Fetch the Kaggle dataset into DEST with kagglehub; returns the kaggle_3m root.
 

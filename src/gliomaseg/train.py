@@ -150,25 +150,36 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def choose_val_cases(all_cases: list[str], cfg: Config, splits: Path | None, fold: int | None,
-                     val_cases: list[str] | None) -> list[str]:
-    """Validation patients: explicit list, a fold of a splits file, or a seeded site-stratified pick."""
+def choose_cases(all_cases: list[str], cfg: Config, splits: Path | None, fold: int | None,
+                 val_cases: list[str] | None) -> tuple[list[str], list[str]]:
+    """(training, validation) patients: an explicit validation list, a fold of a splits file,
+    or a seeded site-stratified pick. Training is every other patient, except that a splits
+    fold's own "train" list is honoured (as nnU-Net's splits_final.json), so a fold can train
+    on fewer patients, e.g. the inner folds of a nested cross-validation."""
     from .data import split_folds
 
+    train_cases = None
     if val_cases:
-        unknown = sorted(set(val_cases) - set(all_cases))
-        if unknown:
-            raise DataError(f"--val-cases: no patient folder {unknown[0]}")
-        return sorted(val_cases)
-    if splits is not None:
+        val = sorted(val_cases)
+    elif splits is not None:
         try:
-            folds = json.loads(Path(splits).read_text())
-            chosen = folds[fold or 0]["val"]
-        except (OSError, json.JSONDecodeError, IndexError, KeyError, TypeError) as exc:
+            chosen = json.loads(Path(splits).read_text())[fold or 0]
+            val, train_cases = sorted(chosen["val"]), chosen.get("train")
+        except (OSError, json.JSONDecodeError, IndexError, KeyError, TypeError,
+                AttributeError) as exc:
             raise DataError(f"{splits}: cannot use fold {fold or 0} ({exc})") from None
-        return sorted(chosen)
-    n_folds = min(max(2, round(1 / cfg.train.val_fraction)), len(all_cases))
-    return split_folds(all_cases, n_folds, cfg.train.seed)[0]["val"]
+    else:
+        n_folds = min(max(2, round(1 / cfg.train.val_fraction)), len(all_cases))
+        val = split_folds(all_cases, n_folds, cfg.train.seed)[0]["val"]
+    train = [c for c in all_cases if c not in set(val)] if train_cases is None \
+        else sorted(train_cases)
+    unknown = sorted(set(val + train) - set(all_cases))
+    if unknown:
+        raise DataError(f"no patient folder {unknown[0]} (named by --val-cases or --splits)")
+    if set(train) & set(val):
+        raise DataError(f"{sorted(set(train) & set(val))[0]}: both a training and a "
+                        "validation patient")
+    return train, val
 
 
 class Logger:
