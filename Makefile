@@ -201,11 +201,11 @@ $(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
 		-o $@ --overwrite
 
 # `make -j4 nested OUTER=0 DATA=...`: the shipped structure, an ensemble of cross-validation
-# networks, on patients none of its networks trained on (MODEL.md, "An ensemble of folds on
-# unseen patients"). Outer fold OUTER's patients are held out; the other four folds become
-# the inner folds (`gliomaseg split --inner-of`), one network each, trained on the other three;
-# the four are bundled and score the held-out patients, and `compare` pairs them with the
-# bundled network of fold OUTER (trained on all four folds' patients).
+# networks, on patients none of its networks trained on (MODEL.md, "An ensemble of fold
+# networks on patients none of them saw"). Outer fold OUTER's patients are held out; the
+# other four folds become the inner folds (`gliomaseg split --inner-of`), one network each,
+# trained on the other three; the four are bundled and score the held-out patients, and
+# `compare` pairs them with the bundled network of fold OUTER (trained on all four folds).
 OUTER ?= 0
 OUT := $(RUN)-outer$(OUTER)
 
