@@ -200,33 +200,44 @@ $(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
 	$(BIN)/gliomaseg bundle $(addsuffix $(CKPT),$(dir $^)) --post configs/bundled-post.json \
 		-o $@ --overwrite
 
-# `make -j4 nested OUTER=0 DATA=...`: the shipped structure, an ensemble of cross-validation
+# `make -j4 nested OUTERS="0 1" DATA=...`: the shipped structure, an ensemble of cross-validation
 # networks, on patients none of its networks trained on (MODEL.md, "An ensemble of fold
-# networks on patients none of them saw"). Outer fold OUTER's patients are held out; the
-# other four folds become the inner folds (`gliomaseg split --inner-of`), one network each,
-# trained on the other three; the four are bundled and score the held-out patients, and
-# `compare` pairs them with the bundled network of fold OUTER (trained on all four folds).
-OUTER ?= 0
-OUT := $(RUN)-outer$(OUTER)
+# networks on patients none of them saw"). Outer fold k's ensemble has one network per other
+# fold j, trained on the three remaining folds; the network of the pair (j, k) serves outer
+# folds j and k alike (`gliomaseg split --pair-of`), so all five outer folds need ten networks.
+# Each is taken at its last epoch: its validation folds are j and k, which must not choose it.
+# The outer ensembles are cross-validated together (a bundle's validation patients are those
+# none of its networks trained on) and compared per patient with the bundled networks.
+OUTERS ?= $(FOLDS)
+NESTED := $(RUN)-nested$(subst $(EMPTY) ,,$(foreach k,$(OUTERS),-$(k)))
+# The pairs that leave out fold $(1), named lower fold first: 0-1 0-2 0-3 0-4 for fold 0.
+pairs_of = $(foreach j,$(filter-out $(1),$(FOLDS)),$(RUN)-pair$(subst $(EMPTY) ,-,$(sort $(1) $(j))))
 
-nested: $(OUT)-eval/summary.json $(RUN)-members-cv/summary.json
-	$(call COMPARE,$(RUN)-members-cv,$(OUT)-eval)
+nested: $(NESTED)-cv/summary.json $(RUN)-members-cv/summary.json
+	$(call COMPARE,$(RUN)-members-cv,$(NESTED)-cv)
 
-$(OUT)-eval/summary.json: $(OUT).pt
-	$(BIN)/gliomaseg evaluate $(DATA) --model $< $(POST) -o $(OUT)-eval --overwrite --cases \
-		$$($(BIN)/python -c "import json; print(*json.load(open('$(RUN)-splits.json'))[$(OUTER)]['val'])")
+$(NESTED)-cv/summary.json: $(foreach k,$(OUTERS),$(RUN)-outer$(k).pt)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(if $(word 2,$^),$(CVPOST),$(POST)) \
+		-o $(NESTED)-cv --overwrite
 
-$(OUT).pt: $(foreach i,0 1 2 3,$(OUT)-inner$(i)/best.pt)
-	$(BIN)/gliomaseg bundle $(dir $^) --post configs/bundled-post.json -o $@ --overwrite
+define outer_rule
+$(RUN)-outer$(1).pt: $(addsuffix /finished,$(call pairs_of,$(1)))
+	$(BIN)/gliomaseg bundle $$(addsuffix last.pt,$$(dir $$^)) --post configs/bundled-post.json \
+		-o $$@ --overwrite
+endef
+$(foreach k,$(FOLDS),$(eval $(call outer_rule,$(k))))
 
-$(OUT)-splits.json: | $(RUN)-splits.json
-	$(BIN)/gliomaseg split $(DATA) --inner-of $(RUN)-splits.json --outer-fold $(OUTER) -o $@ --overwrite
+# A stamp, not last.pt: last.pt is written every epoch, so only the stamp says the run ended.
+# A killed run resumes from its last.pt.
+.PRECIOUS: $(RUN)-pair%/finished
 
-.PRECIOUS: $(OUT)-inner%/best.pt
-
-$(OUT)-inner%/best.pt: | $(OUT)-splits.json
-	OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(OUT)-inner$* --splits $(OUT)-splits.json \
-		--val-fold $* --config configs/bundled.json --overwrite
+$(RUN)-pair%/finished: | $(RUN)-splits.json
+	$(BIN)/gliomaseg split $(DATA) --pair-of $(RUN)-splits.json --pair $(subst -, ,$*) \
+		-o $(RUN)-pair$*-splits.json --overwrite
+	if [ -f $(@D)/last.pt ]; then OMP_NUM_THREADS=1 $(BIN)/gliomaseg train --resume $(@D); \
+	else OMP_NUM_THREADS=1 $(BIN)/gliomaseg train $(DATA) -o $(@D) \
+		--splits $(RUN)-pair$*-splits.json --config configs/bundled.json --overwrite; fi
+	touch $@
 
 # `make -j2 wide DATA=...`: the "wider" lever (MODEL.md, "Wider networks"): 16 base filters
 # instead of 8 (1.94 M parameters), for the same 30 epochs (about 2.3 times the CPU).

@@ -82,18 +82,19 @@ def test_split_writes_nnunet_shape_and_refuses_overwrite(synth_root, tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
 
-def test_split_inner_of_writes_the_inner_folds_of_one_outer_fold(synth_root, tmp_path):
-    outer, inner = tmp_path / "splits.json", tmp_path / "inner.json"
+def test_split_pair_of_writes_one_fold_without_two_folds(synth_root, tmp_path):
+    outer, pair = tmp_path / "splits.json", tmp_path / "pair.json"
     assert main(["split", str(synth_root), "--folds", "4", "-o", str(outer)]) == 0
-    args = ["split", str(synth_root), "--inner-of", str(outer), "--outer-fold", "1"]
-    assert main([*args, "-o", str(inner)]) == 0
-    held_out = set(json.loads(outer.read_text())[1]["val"])
-    folds = json.loads(inner.read_text())
-    assert len(folds) == 3 and all(not set(f["train"] + f["val"]) & held_out for f in folds)
+    args = ["split", str(synth_root), "--pair-of", str(outer), "--pair", "1", "3"]
+    assert main([*args, "-o", str(pair)]) == 0
+    folds = json.loads(outer.read_text())
+    [fold] = json.loads(pair.read_text())
+    assert sorted(fold["val"]) == sorted(folds[1]["val"] + folds[3]["val"])
+    assert sorted(fold["train"]) == sorted(folds[0]["val"] + folds[2]["val"])
     unknown = {"val": ["TCGA_XX_0000_20000101"], "train": []}
-    for text in (json.dumps([unknown] * 3), "[1, 2, 3]", "{", ""):
+    for text in (json.dumps([unknown] * 4), "[1, 2, 3, 4]", "{", "", "[]"):
         (tmp_path / "bad.json").write_text(text)
-        r = run_cli(*args[:2], "--inner-of", tmp_path / "bad.json", "-o", tmp_path / "x.json")
+        r = run_cli(*args[:2], "--pair-of", tmp_path / "bad.json", "-o", tmp_path / "x.json")
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "x.json").exists()
 

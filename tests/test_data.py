@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -10,11 +11,12 @@ from gliomaseg.data import (
     DataError,
     check_dataset,
     find_patients,
-    inner_folds,
     missing_sequences,
+    pair_fold,
     read_image,
     read_mask,
     read_patient,
+    read_splits,
     site_of,
     split_folds,
     summarize,
@@ -179,21 +181,37 @@ def test_splits_are_patient_level_disjoint_and_stratified():
     assert split_folds(cases, 5, seed=1) != folds
 
 
-def test_inner_folds_never_see_the_outer_fold():
+def test_pair_fold_trains_without_both_folds_and_serves_each_outer_fold():
     cases = [f"TCGA_DU_{i:04d}_2000" for i in range(20)]
     folds = split_folds(cases, 5, seed=0)
-    for outer in range(5):
-        inner = inner_folds(folds, outer)
-        held_out = set(folds[outer]["val"])
-        assert [f["val"] for f in inner] == [f["val"] for k, f in enumerate(folds) if k != outer]
-        for f in inner:
-            assert not (set(f["train"]) | set(f["val"])) & held_out
-            assert not set(f["train"]) & set(f["val"])
-            assert set(f["train"]) | set(f["val"]) == set(cases) - held_out
+    for j, k in [(0, 1), (3, 1), (2, 4)]:
+        pair = pair_fold(folds, (j, k))
+        assert pair == pair_fold(folds, (k, j))
+        assert set(pair["val"]) == set(folds[j]["val"]) | set(folds[k]["val"])
+        assert not set(pair["train"]) & set(pair["val"])
+        assert set(pair["train"]) | set(pair["val"]) == set(cases)
+    # Outer fold 1's networks, the pairs (j, 1): none trained on fold 1, all four did on the rest.
+    trained = [set(pair_fold(folds, (j, 1))["train"]) for j in (0, 2, 3, 4)]
+    assert not set.union(*trained) & set(folds[1]["val"])
+    assert set.union(*trained) == set(cases) - set(folds[1]["val"])
+    for bad in [(0, 0), (0, 5), (-1, 2)]:
+        with pytest.raises(DataError):
+            pair_fold(folds, bad)
     with pytest.raises(DataError):
-        inner_folds(folds, 5)
-    with pytest.raises(DataError):
-        inner_folds(folds[:2], 0)
+        pair_fold(folds[:2], (0, 1))
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", "{}", '[{"train": []}]', '[{"val": "A"}]',
+                                  '[{"val": [1]}]', '[{"val": [], "train": null}]', "\xff"])
+def test_read_splits_refuses_what_is_not_a_splits_file(tmp_path, text):
+    path = tmp_path / "splits.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataError, match="splits file"):
+        read_splits(path)
+    with pytest.raises(DataError, match="splits file"):
+        read_splits(tmp_path / "missing.json")
+    path.write_text(json.dumps(split_folds([f"TCGA_DU_{i:04d}_2000" for i in range(4)], 2, 0)))
+    assert [len(f["val"]) for f in read_splits(path)] == [2, 2]
 
 
 def test_split_refuses_too_few_patients():

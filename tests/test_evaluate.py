@@ -14,7 +14,7 @@ from gliomaseg import metrics
 from gliomaseg.checkpoint import bundle, load_checkpoint
 from gliomaseg.cli import main
 from gliomaseg.config import PostConfig
-from gliomaseg.data import DataError, list_cases
+from gliomaseg.data import DataError, list_cases, pair_fold
 from gliomaseg.evaluate import (
     NESTED,
     VARIANT_MIN_SIZE,
@@ -364,14 +364,15 @@ def test_cli_evaluate_without_bundled_model_says_how_to_get_one(synth_root, tmp_
 
 # --- cross-validation --------------------------------------------------------------------------
 
-def _fold_runs(tiny_run, tmp_path, vals: list[list[str]]) -> list:
-    """One run folder per fold: the tiny model, with its own validation patients in run.json."""
+def _fold_runs(tiny_run, tmp_path, vals: list[list[str]], trains=None, name="fold") -> list:
+    """One run folder per fold: the tiny model, with its own patients in run.json."""
     runs = []
     for i, val in enumerate(vals):
-        run = tmp_path / f"fold{i}"
+        run = tmp_path / f"{name}{i}"
         run.mkdir()
         shutil.copy(tiny_run / "best.pt", run / "best.pt")
-        (run / "run.json").write_text(json.dumps({"train": [], "val": val}))
+        train = trains[i] if trains else []
+        (run / "run.json").write_text(json.dumps({"train": train, "val": val}))
         runs.append(run)
     return runs
 
@@ -400,10 +401,40 @@ def test_cross_validate_refuses_overlap_missing_folds_and_mixed_post(synth_root,
     post = models[0].cfg.post
     with pytest.raises(DataError, match=f"{cases[1]} is a validation patient of both"):
         cross_validate(synth_root, models[:2], [post, post])
-    with pytest.raises(DataError, match="no validation patients"):
+    with pytest.raises(DataError, match="no held-out patients"):
         cross_validate(synth_root, [models[0], models[2]], [post, post])
     with pytest.raises(DataError, match="disagree on post-processing"):
         cross_validate(synth_root, models[:2], [post, PostConfig(tta=not post.tta)])
+
+
+def test_cross_validate_scores_each_bundle_on_the_patients_none_of_its_networks_trained_on(
+        synth_root, tiny_run, tmp_path):
+    # `make nested` with four one-patient folds: outer fold k bundles the networks of the
+    # pairs (j, k), each trained without folds j and k and validated on both.
+    cases = list_cases(synth_root)
+    folds = [{"val": [c]} for c in cases]
+    outer = []
+    for k in (0, 1):
+        pairs = [pair_fold(folds, (j, k)) for j in range(4) if j != k]
+        runs = _fold_runs(tiny_run, tmp_path, [p["val"] for p in pairs],
+                          [p["train"] for p in pairs], name=f"outer{k}-")
+        bundle([r / "best.pt" for r in runs], tmp_path / f"outer{k}.pt", fp16=False)
+        outer.append(load_for_evaluation(tmp_path / f"outer{k}.pt"))
+    assert [m.held_out for m in outer] == [cases[:1], cases[1:2]]
+    ev = cross_validate(synth_root, outer, [PostConfig()] * 2, variants=False, nested=True)
+    assert [r.case for r in ev.cases] == cases[:2]
+    assert [f["cases"] for f in ev.folds] == [cases[:1], cases[1:2]]
+    with pytest.raises(DataError, match="at least two folds"):
+        cross_validate(synth_root, outer[:1], [PostConfig()], nested=True)
+
+    # The shipped structure: every patient trained some network, so none is held out.
+    runs = _fold_runs(tiny_run, tmp_path, [[c] for c in cases],
+                      [[c for c in cases if c != v] for v in cases], name="shipped")
+    bundle([r / "best.pt" for r in runs], tmp_path / "shipped.pt", fp16=False)
+    shipped = load_for_evaluation(tmp_path / "shipped.pt")
+    assert shipped.held_out == [] and shipped.val_cases == sorted(cases)
+    with pytest.raises(DataError, match="no held-out patients"):
+        cross_validate(synth_root, [outer[0], shipped], [PostConfig()] * 2)
 
 
 def test_cli_evaluate_cv_writes_the_fold_table(synth_root, tiny_run, tmp_path):

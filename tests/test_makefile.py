@@ -123,23 +123,28 @@ def test_ensemble_joins_each_fold_with_its_own_variant_networks(tmp_path, ckpt, 
     assert len(compares) == 2 and any('--variant "nested choice"' in line for line in compares)
 
 
-def test_nested_trains_inner_folds_without_the_outer_fold_and_scores_it(tmp_path):
+def test_nested_trains_each_pair_of_folds_once_and_scores_the_outer_folds(tmp_path):
     run = f"{tmp_path}/r"
-    lines = dry_run(tmp_path, "nested", "OUTER=2")
-    inner = next(line for line in lines if " --inner-of " in line)
-    assert f"--inner-of {run}-splits.json --outer-fold 2 -o {run}-outer2-splits.json" in inner
-    trains = [line for line in lines if " train data " in line]
-    assert len(trains) == 4
-    for k, t in enumerate(trains):
-        assert f"-o {run}-outer2-inner{k} --splits {run}-outer2-splits.json " in t
-        assert f"--val-fold {k} --config configs/bundled.json " in t
-    joined = next(line for line in lines if f"-o {run}-outer2.pt " in line)
-    assert all(f"{run}-outer2-inner{k}/" in joined for k in range(4))
-    scored = next(line for line in lines if f"-o {run}-outer2-eval " in line)
-    assert f"--model {run}-outer2.pt " in scored and "[2]['val']" in scored
-    assert " --cv" not in scored  # the joined file's own val_cases are its training patients
+    lines = dry_run(tmp_path, "nested", "OUTERS=1 3")
+    pairs = ["0-1", "1-2", "1-3", "1-4", "0-3", "2-3", "3-4"]  # 1-3 serves both outer folds
+    splits = [line for line in lines if " --pair-of " in line]
+    assert [re.search(r"--pair (\d \d)", s).group(1) for s in splits] == [
+        p.replace("-", " ") for p in pairs]
+    trains = [" ".join(line.split()) for line in lines if " train " in line]
+    assert len(trains) == len(pairs)
+    for p, t in zip(pairs, trains, strict=True):
+        assert f"train --resume {run}-pair{p};" in t  # a killed run resumes
+        assert f"-o {run}-pair{p} --splits {run}-pair{p}-splits.json " in t
+        assert "--config configs/bundled.json --overwrite" in t and "--val-fold" not in t
+    for k, members in ((1, pairs[:4]), (3, ["0-3", "1-3", "2-3", "3-4"])):
+        joined = next(line for line in lines if f"-o {run}-outer{k}.pt " in line)
+        assert f"bundle {' '.join(f'{run}-pair{p}/last.pt' for p in members)} " in joined
+    scored = next(line for line in lines if f"-o {run}-nested-1-3-cv " in line)
+    assert f"--cv {run}-outer1.pt {run}-outer3.pt " in scored and " --nested-post " in scored
     compares = [line for line in lines if " compare " in line]
-    assert compares and all(f"compare {run}-members-cv {run}-outer2-eval" in c for c in compares)
+    assert compares and all(f"compare {run}-members-cv {run}-nested-1-3-cv" in c for c in compares)
+    one = next(line for line in dry_run(tmp_path, "nested", "OUTERS=0") if "-nested-0-cv " in line)
+    assert "--nested-post" not in one  # one fold has no other folds to choose on
 
 
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):

@@ -60,7 +60,7 @@ def test_choose_cases_trains_on_every_other_patient_by_default(tmp_path):
 
 
 def test_choose_cases_honours_a_splits_fold_that_trains_on_fewer_patients(tmp_path):
-    # The inner folds of a nested cross-validation leave an outer fold out of both lists.
+    # A fold of `make nested` (`split --pair-of`) leaves other patients out of both lists.
     splits = tmp_path / "inner.json"
     splits.write_text(json.dumps([{"train": CASES[2:4], "val": CASES[4:]}]))
     assert choose_cases(CASES, Config(), splits, 0, None) == (CASES[2:4], CASES[4:])
@@ -74,6 +74,13 @@ def test_choose_cases_rejects_an_inconsistent_splits_fold(tmp_path, fold):
     splits.write_text(json.dumps([fold]))
     with pytest.raises(DataError):
         choose_cases(CASES, Config(), splits, 0, None)
+
+
+def test_choose_cases_rejects_a_fold_the_splits_file_lacks(tmp_path):
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps([{"val": CASES[:1]}]))
+    with pytest.raises(DataError, match="no fold 1"):
+        choose_cases(CASES, Config(), splits, 1, None)
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_index(synth_root):

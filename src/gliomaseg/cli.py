@@ -83,19 +83,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- split -------------------------------------------------------------------------------------
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from .data import inner_folds, list_cases, split_folds
+    from .data import list_cases, pair_fold, read_splits, split_folds
 
-    if args.inner_of is None:
+    if args.pair_of is None:
         folds = split_folds(list_cases(args.data), args.folds, args.seed)
     else:
-        try:
-            outer = json.loads(args.inner_of.read_text())
-            folds = inner_folds(outer, args.outer_fold)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{args.inner_of}: not a splits file ({exc})") from None
-        unknown = sorted({c for f in folds for c in f["val"]} - set(list_cases(args.data)))
+        folds = [pair_fold(read_splits(args.pair_of), tuple(args.pair))]
+        unknown = sorted(set(folds[0]["train"] + folds[0]["val"]) - set(list_cases(args.data)))
         if unknown:
-            raise DataError(f"{args.inner_of}: no patient folder {unknown[0]} in {args.data}")
+            raise DataError(f"{args.pair_of}: no patient folder {unknown[0]} in {args.data}")
     ensure_output(args.output, args.overwrite, [args.data])
     args.output.write_text(json.dumps(folds, indent=2))
     sizes = ", ".join(str(len(f["val"])) for f in folds)
@@ -506,14 +502,14 @@ def _parser_check(sub) -> None:
 def _parser_split(sub) -> None:
     p = _add(sub, "split", "patient-level k-fold split, stratified by site", """
   gliomaseg split ~/data/kaggle_3m --folds 5 --seed 0 -o splits.json
-  gliomaseg split ~/data/kaggle_3m --inner-of splits.json --outer-fold 0 -o inner0.json""")
+  gliomaseg split ~/data/kaggle_3m --pair-of splits.json --pair 0 1 -o pair0-1.json""")
     p.add_argument("data", type=Path)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--inner-of", type=Path, metavar="SPLITS",
-                   help="instead: the inner folds of a nested cross-validation, every fold of "
-                        "SPLITS but --outer-fold (each trained on the others)")
-    p.add_argument("--outer-fold", type=int, default=0)
+    p.add_argument("--pair-of", type=Path, metavar="SPLITS",
+                   help="instead: one fold that trains on every fold of SPLITS but the two "
+                        "--pair folds, which it validates on (a network of `make nested`)")
+    p.add_argument("--pair", type=int, nargs=2, default=(0, 1), metavar=("J", "K"))
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_split)
@@ -725,7 +721,8 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
     p.add_argument("--cv", nargs="+", type=Path, metavar="RUN",
                    help="cross-validation: one training run folder (or its best.pt) per fold; "
                         "each scores the validation patients in its run.json, and the report "
-                        "pools them with a per-fold table")
+                        "pools them with a per-fold table. A bundle scores the validation "
+                        "patients none of its networks trained on")
     p.add_argument("--cv-members", nargs="?", const=BUNDLED, metavar="MODEL",
                    help="cross-validation of an ensemble file (no MODEL: the bundled model): "
                         "each of its networks scores the validation patients its training run "

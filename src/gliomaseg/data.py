@@ -14,6 +14,7 @@ the file. Nothing here writes to the input folder.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -324,20 +325,39 @@ def split_folds(cases: list[str], folds: int, seed: int) -> list[dict[str, list[
     return [{"train": sorted(set(cases) - set(v)), "val": sorted(v)} for v in val]
 
 
-def inner_folds(folds: list[dict[str, list[str]]], outer: int) -> list[dict[str, list[str]]]:
-    """The folds of a nested cross-validation inside outer fold `outer` of `folds`.
+def read_splits(path: Path) -> list[dict[str, list[str]]]:
+    """A splits file (`split_folds`' shape, nnU-Net's splits_final.json): a list of folds, each
+    {"val": [patients], "train": [patients] (optional)}. DataError if it is not one."""
+    try:
+        folds = json.loads(Path(path).read_text())
+        ok = isinstance(folds, list) and bool(folds) and all(
+            isinstance(f, dict) and isinstance(f.get("val"), list)
+            and isinstance(f.get("train", []), list)
+            and all(isinstance(c, str) for c in f["val"] + f.get("train", [])) for f in folds)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: cannot read a splits file ({exc})") from None
+    if not ok:
+        raise DataError(f'{path}: not a splits file (a list of {{"train": [...], "val": [...]}})')
+    return folds
 
-    Outer fold `outer`'s validation patients are left out of every inner fold, and each other
-    outer fold becomes one inner validation fold, trained on the remaining ones; so an
-    ensemble of the inner networks can be scored on patients none of them trained on, as
-    the bundled ensemble of all folds would meet new patients. Same shape as `split_folds`.
+
+def pair_fold(folds: list[dict[str, list[str]]], left_out: tuple[int, int]) -> dict[str, list[str]]:
+    """One fold trained without two folds of `folds`, for a nested cross-validation of an ensemble.
+
+    Validation is the two left-out folds together; training is every other fold. In a nested
+    cross-validation of the fold ensemble, outer fold k's ensemble has one network per other
+    fold j, trained on every fold but j and k: the pair (j, k) trains the same network for
+    outer folds j and k alike, so k folds need k(k-1)/2 networks instead of k(k-1). Its
+    validation patients only log progress: the ensemble takes each network's last epoch,
+    since choosing an epoch on fold j or k would leak the patients it later scores.
     """
-    if not 0 <= outer < len(folds) or len(folds) < 3:
-        raise DataError(f"outer fold {outer} of {len(folds)} folds: need a fold index of at "
-                        "least 3 folds")
-    others = [sorted(f["val"]) for k, f in enumerate(folds) if k != outer]
-    return [{"train": sorted(c for v in others if v is not val for c in v), "val": val}
-            for val in others]
+    j, k = left_out
+    if len(folds) < 3 or j == k or not (0 <= j < len(folds) and 0 <= k < len(folds)):
+        raise DataError(f"folds {j} and {k} of {len(folds)}: need two different fold indices "
+                        "of at least 3 folds")
+    out = {j, k}
+    return {"train": sorted(c for i, f in enumerate(folds) if i not in out for c in f["val"]),
+            "val": sorted(c for i in sorted(out) for c in folds[i]["val"])}
 
 
 def download_dataset(dest: Path, kagglehub=None) -> Path:

@@ -296,7 +296,7 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
 def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig],
                    variants: bool = True, batch_size: int = 16, progress: bool = False,
                    settings: dict | None = None, nested: bool = False) -> Evaluation:
-    """Score each fold's model on its own validation patients (its run.json) and pool them.
+    """Score each fold's model on its held-out patients (its run.json) and pool them.
 
     The pooled per-patient scores are the cross-validation estimate: every patient is
     scored by the one model that never trained on it, and a fold mean of 16 patients is
@@ -308,23 +308,27 @@ def cross_validate(data: Path, models: list[LoadedModel], post: list[PostConfig]
     if len(set(post)) > 1:
         raise DataError("the fold models disagree on post-processing; pass --tta/"
                         "--largest-component/--min-size to set it for all of them")
+    if nested and len(models) < 2:
+        raise DataError("--nested-post chooses each fold's post-processing on the other folds: "
+                        "it needs at least two folds")
     seen: dict[str, str] = {}
     for m in models:
         path = m.info["path"]
-        if not m.val_cases:
-            raise DataError(f"{path}: no validation patients (a run.json beside it from "
-                            "'gliomaseg train'); cross-validation needs one run folder per fold")
-        for case in m.val_cases:
+        if not m.held_out:
+            raise DataError(f"{path}: no held-out patients (neither a run.json beside it from "
+                            "'gliomaseg train' nor, in a bundle, validation patients that none "
+                            "of its networks trained on); cross-validation needs one per fold")
+        for case in m.held_out:
             if case in seen:
                 raise DataError(f"{case} is a validation patient of both {seen[case]} and "
                                 f"{path}; folds must not overlap")
             seen[case] = path
     grid = post_grid(post[0]) if nested else []
-    parts = [evaluate(data, m.logits_fn, m.cfg, post=post[0], cases=m.val_cases,
+    parts = [evaluate(data, m.logits_fn, m.cfg, post=post[0], cases=m.held_out,
                       variants=variants, batch_size=batch_size, progress=progress,
                       settings=settings, candidates=grid) for m in models]
     results = [r for ev in parts for r in ev.cases]
-    folds = [{"model": m.info["path"], "cases": list(m.val_cases)} for m in models]
+    folds = [{"model": m.info["path"], "cases": m.held_out} for m in models]
     choice = nested_choice(results, folds, grid) if nested else None
     if choice is not None:
         scores = choice.pop("cases")  # kept in each case's variant_dice, not twice
@@ -481,6 +485,14 @@ class LoadedModel:
     run_dir: Path | None  # the checkpoint's folder when it is a training run
     train_cases: list[str] = field(default_factory=list)
     val_cases: list[str] = field(default_factory=list)
+
+    @property
+    def held_out(self) -> list[str]:
+        """Validation patients that none of its networks trained on: what cross-validation
+        scores. A run's validation patients; for a bundle of runs, those no member trained on
+        (none for the shipped ensemble of all folds, one fold for `make nested`'s)."""
+        trained = set(self.train_cases)
+        return [c for c in self.val_cases if c not in trained]
 
 
 def load_for_evaluation(path: Path | None = None, backend: str = "auto",
