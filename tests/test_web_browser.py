@@ -117,6 +117,12 @@ def current_index(page) -> int:
     return int(page.locator("#slider").input_value())
 
 
+def shown(value: float, places: int) -> str:
+    """`value` as the page shows it: Intl rounds the JSON's decimal half up, where Python's
+    format rounds the binary value (0.9185 shows as 0.919 on the page, 0.918 in Python)."""
+    return str(Decimal(str(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP))
+
+
 def test_upload_view_and_download(server, page, synth_root, tmp_path):
     url, gated = server
     folder = sorted(p for p in synth_root.iterdir() if p.is_dir())[1]
@@ -155,10 +161,8 @@ def test_upload_view_and_download(server, page, synth_root, tmp_path):
     assert page.locator("#case").inner_text() == folder.name
     assert page.locator("#volume").inner_text().startswith(f"{api['volume_voxels']:,} voxels")
     assert page.locator("#dice").inner_text() == (
-        f"{api['dice']:.3f}" if api["dice"] is not None else "undefined (no tumour in either)")
-    # The page rounds the JSON's decimal half up (Intl), Python's format the binary value.
-    shown = Decimal(str(api["seconds"])).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    assert page.locator("#seconds").inner_text() == f"{shown} s"
+        shown(api["dice"], 3) if api["dice"] is not None else "undefined (no tumour in either)")
+    assert page.locator("#seconds").inner_text() == f"{shown(api['seconds'], 2)} s"
     assert page.locator("#tumour-count").inner_text() == f"{len(api['tumour_slices'])} of {s}"
     assert page.locator("#strip .cell").count() == s
     assert page.locator("#strip .cell.t").count() == len(api["tumour_slices"])
