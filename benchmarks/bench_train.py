@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py throughput [--data DIR] [--steps 6]
     python benchmarks/bench_train.py budget RUN_DIR [RUN_DIR ...]
+    python benchmarks/bench_train.py precision [--config configs/bundled.json] [--steps 4]
 
 `throughput`: slices (or crops) per second for one train step including data
 loading, interleaved in the same process so machine noise hits both alike:
@@ -10,6 +11,8 @@ loading, interleaved in the same process so machine noise hits both alike:
   - default:   this project's recipe - Config() defaults (8 filters, 2.5D, 128 px
     crops at native resolution, batch 32, bf16 autocast, channels-last), through the
     real CropDataset and DataLoader.
+`precision`: one recipe's train step with bf16 autocast against fp32 (the reference),
+interleaved; tells whether this CPU computes bf16 natively (`inference.use_bf16`).
 `budget`: validation PV-DSC reached by 15, 30 and 60 minutes of training, read
 from a run's metrics.csv (cumulative epoch seconds, validation included; CPU
 seconds when the run's budget clock was "cpu").
@@ -28,8 +31,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gliomaseg.config import Config, ModelConfig
+from gliomaseg.config import Config, ModelConfig, load_config
 from gliomaseg.data import list_cases
+from gliomaseg.inference import use_bf16
 from gliomaseg.losses import build_loss
 from gliomaseg.model import build_model
 from gliomaseg.synth import write_dataset
@@ -38,8 +42,10 @@ from gliomaseg.train import CropDataset, load_cases
 DEFAULT_DATA = Path("/work/cache/lgg/kaggle_3m")
 
 
-def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int):
-    """A generator: each next() runs one optimiser step (data loading included)."""
+def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int, bf16: bool | None = None):
+    """A generator: each next() runs one optimiser step (data loading included). `bf16`
+    None: as training would run cfg on this CPU (`use_bf16`); True/False: forced."""
+    bf16 = use_bf16(cfg.train.bf16) if bf16 is None else bf16
     dataset = CropDataset(cases, cfg)
     loader = iter(DataLoader(dataset, batch_size=cfg.train.batch_size,
                              num_workers=cfg.train.workers))
@@ -50,7 +56,7 @@ def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int):
     loss_fn = build_loss(cfg.train)
     for _ in range(steps):
         x, y = next(loader)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(x.contiguous(memory_format=fmt)).float(), y)
         opt.zero_grad()
         loss.backward()
@@ -77,10 +83,17 @@ def throughput(args: argparse.Namespace) -> None:
                "batch 32, bf16, channels-last)":
                (default, default.model)}
     runs = {name: loop(cfg, cases, m, args.steps + 1) for name, (cfg, m) in recipes.items()}
+    print_rates(runs, args.steps)
+    print(f"\n{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
+
+
+def print_rates(runs: dict, steps: int) -> None:
+    """Time `steps` interleaved steps of each loop (after one untimed warm-up step) and print
+    samples/s with the ratio to the first, the reference."""
     for gen in runs.values():
         next(gen)  # warm-up step, untimed
     totals = {name: [0, 0.0] for name in runs}
-    for _ in range(args.steps):  # interleave so both see the same machine state
+    for _ in range(steps):  # interleave so all see the same machine state
         for name, gen in runs.items():
             t = time.perf_counter()
             totals[name][0] += next(gen)
@@ -91,7 +104,20 @@ def throughput(args: argparse.Namespace) -> None:
         rate = n / seconds
         ref_rate = ref_rate or rate
         print(f"| {name} | {rate:.1f} | {rate / ref_rate:.2f}x |")
-    print(f"\n{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
+
+
+def precision(args: argparse.Namespace) -> None:
+    data = args.data
+    if not data.is_dir():
+        data = write_dataset(Path(tempfile.mkdtemp()), cases=4, slices=24)
+    cfg = load_config(args.config).replace(train={"steps_per_epoch": args.steps + 2})
+    cases = load_cases(data, list_cases(data)[: args.cases], cfg)
+    runs = {f"{args.config}, {mode}": loop(cfg, cases, cfg.model, args.steps + 1, bf16=bf16)
+            for mode, bf16 in (("fp32 (reference)", False), ("bf16 autocast", True))}
+    print_rates(runs, args.steps)
+    print(f"\nCPU: {torch.backends.cpu.get_cpu_capability()}, native bf16: {use_bf16(True)} "
+          f"(so training runs {'bf16' if use_bf16(cfg.train.bf16) else 'fp32'}); "
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
 
 
 def budget(args: argparse.Namespace) -> None:
@@ -124,6 +150,12 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.set_defaults(func=throughput)
+    p = sub.add_parser("precision")
+    p.add_argument("--config", type=Path, default=Path("configs/bundled.json"))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4)
+    p.set_defaults(func=precision)
     p = sub.add_parser("budget")
     p.add_argument("runs", type=Path, nargs="+")
     p.set_defaults(func=budget)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import gliomaseg
 from gliomaseg.checkpoint import CheckpointError
 from gliomaseg.config import PostConfig
 from gliomaseg.data import DataError, read_patient
-from gliomaseg.inference import as_volume, postprocess, segment, torch_logits_fn
+from gliomaseg.inference import as_volume, postprocess, segment, torch_logits_fn, use_bf16
 from gliomaseg.preprocess import prepare_volume
 
 
@@ -134,3 +135,12 @@ def test_largest_component_by_probability_mass_or_by_voxels():
     both = postprocess(probs, PostConfig(largest_component=False, min_size=10))
     assert both.sum() == 600 + 360 and both.dtype == np.uint8  # the speck is gone
     assert not postprocess(np.full((2, 8, 8), 0.2, np.float32), PostConfig()).any()
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx"), [(False, False), (True, False), (False, True)])
+def test_bf16_runs_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert use_bf16(True) == (avx512_bf16 or amx)  # emulated bf16 is ~10x slower than fp32
+    assert use_bf16(False) is False
+    assert use_bf16(True, "cuda") is True and use_bf16(False, "cuda") is False

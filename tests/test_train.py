@@ -32,6 +32,16 @@ def test_tiny_run_learns_well_above_chance(tiny_run):
         assert (tiny_run / name).is_file(), name
 
 
+def test_training_falls_back_to_fp32_and_says_so_without_native_bf16(synth_root, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cfg = TINY.replace(train={"bf16": True, "max_epochs": 1, "steps_per_epoch": 2})
+    cases = list_cases(synth_root)
+    train(synth_root, tmp_path / "run", cfg, cases[:3], cases[3:], use_cache=False)
+    assert "on cpu, fp32 (no native bf16 here)" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_checkpoint_holds_model_config_and_training_state(tiny_run):
     state = load_checkpoint(tiny_run / "last.pt")
     for key in ("model", "config", "optimizer", "epoch", "torch_rng", "best_dice", "elapsed"):

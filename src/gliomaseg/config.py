@@ -77,7 +77,10 @@ class TrainConfig:
     warmup_epochs: int = 1
     dice_weight: float = 1.168
     bce_weight: float = 0.832
-    bf16: bool = True  # bf16 autocast on CPU (AVX-512 bf16: about 4x the fp32 matmul rate)
+    # bf16 autocast where bf16 is native (AVX-512 bf16 or AMX: about 4x the fp32 matmul rate;
+    # GPUs); other CPUs emulate it at about a tenth of the fp32 rate, so they run fp32 instead
+    # (inference.use_bf16).
+    bf16: bool = True
     channels_last: bool = True
     val_fraction: float = 0.2  # when no fold or cases are given
     max_minutes: float = 0.0  # time budget; 0 means none

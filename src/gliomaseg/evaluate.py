@@ -36,6 +36,7 @@ from .inference import (
     sigmoid,
     to_native,
     torch_logits_fn,
+    use_bf16,
     volume_logits,
 )
 from .nifti import find_labels, is_nifti, read_nifti
@@ -555,10 +556,10 @@ def member_models(path: Path | None = None, fp32: bool = True) -> list[LoadedMod
 
 def _as_validated(model: torch.nn.Module, cfg: Config) -> tuple[LogitsFn, str]:
     """A network run as `train.validate` ran it (cfg.train's precision), and its report label."""
-    train = cfg.train
-    label = ("bf16" if train.bf16 else "fp32") + (
-        ", channels-last" if train.channels_last else "") + " (as validated)"
-    return torch_logits_fn(model, bf16=train.bf16, channels_last=train.channels_last), label
+    bf16, channels_last = use_bf16(cfg.train.bf16), cfg.train.channels_last
+    label = ("bf16" if bf16 else "fp32") + (
+        ", channels-last" if channels_last else "") + " (as validated)"
+    return torch_logits_fn(model, bf16=bf16, channels_last=channels_last), label
 
 
 def _read_run_json(path: Path) -> dict | None:

@@ -31,6 +31,17 @@ from .preprocess import cache_dir, prepare_volume
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
+def use_bf16(requested: bool, device_type: str = "cpu") -> bool:
+    """Whether to run bf16 autocast: when asked (`train.bf16`) and the device computes bf16
+    natively, i.e. a GPU or a CPU with AVX-512 bf16 or AMX. Other CPUs (AVX2 only: most
+    laptops, AMD Zen 3) emulate bf16: the bundled recipe trained at 0.11x its fp32 rate on one
+    thread there (`python benchmarks/bench_train.py precision`), so they run fp32."""
+    if not requested or device_type != "cpu":
+        return requested
+    return any(getattr(torch.cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def torch_logits_fn(model: torch.nn.Module, bf16: bool = False,
                     channels_last: bool = False) -> LogitsFn:
     """Wrap an eval-mode PyTorch model as a LogitsFn (bf16 autocast on CPU when asked)."""

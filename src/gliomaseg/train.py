@@ -32,7 +32,7 @@ from . import metrics
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .config import Config
 from .data import DataError, iter_patients
-from .inference import sigmoid, to_native, torch_logits_fn, volume_logits
+from .inference import sigmoid, to_native, torch_logits_fn, use_bf16, volume_logits
 from .losses import build_loss
 from .model import build_model, count_parameters
 from .preprocess import cached_volume, prepare_mask, stack_context
@@ -119,7 +119,8 @@ def validate(model: torch.nn.Module, cases: list[Case], cfg: Config, loss_fn) ->
     Plain threshold, no TTA or post-processing: model selection judges the network.
     """
     model.eval()
-    run = torch_logits_fn(model, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last)
+    run = torch_logits_fn(model, bf16=use_bf16(cfg.train.bf16),
+                          channels_last=cfg.train.channels_last)
     losses, dices, ious = [], [], []
     for case in cases:
         x = stack_context(np.asarray(case.volume), cfg.data.context)
@@ -301,11 +302,13 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler,
                         num_workers=cfg.train.workers, persistent_workers=False)
     net = DistributedDataParallel(model) if world > 1 else model
+    bf16 = use_bf16(cfg.train.bf16, device.type)
     log(f"U-Net: {count_parameters(model):,} parameters, input {cfg.data.in_channels} channels, "
         f"{len(train_set.tumour_slices)}/{len(train_set.all_slices)} training slices with tumour, "
-        f"{world} process(es) on {device.type}")
+        f"{world} process(es) on {device.type}, "
+        + ("bf16" if bf16 else "fp32" + (" (no native bf16 here)" if cfg.train.bf16 else "")))
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     # [stop flag, fraction of the time budget used]: decided on rank 0, shared with all ranks
     control = torch.tensor([0.0, elapsed / budget if budget else 0.0])
 
