@@ -156,17 +156,17 @@ def choose_cases(all_cases: list[str], cfg: Config, splits: Path | None, fold: i
     """(training, validation) patients: an explicit validation list, a fold of a splits file,
     or a seeded site-stratified pick. Training is every other patient, except that a splits
     fold's own "train" list is honoured (as nnU-Net's splits_final.json), so a fold can train
-    on fewer patients, e.g. the inner folds of a nested cross-validation."""
+    on fewer patients, e.g. a fold of `split --pair-of` (`make nested`)."""
     from .data import read_splits, split_folds
 
     train_cases = None
     if val_cases:
         val = sorted(val_cases)
     elif splits is not None:
-        folds = read_splits(splits)
-        if not 0 <= (fold or 0) < len(folds):
-            raise DataError(f"{splits}: no fold {fold or 0} (it has {len(folds)})")
-        val, train_cases = sorted(folds[fold or 0]["val"]), folds[fold or 0].get("train")
+        folds, k = read_splits(splits), fold or 0
+        if not 0 <= k < len(folds):
+            raise DataError(f"{splits}: no fold {k} (it has {len(folds)})")
+        val, train_cases = sorted(folds[k]["val"]), folds[k].get("train")
     else:
         n_folds = min(max(2, round(1 / cfg.train.val_fraction)), len(all_cases))
         val = split_folds(all_cases, n_folds, cfg.train.seed)[0]["val"]
