@@ -64,10 +64,13 @@ def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int, bf16: bool | No
         yield cfg.train.batch_size
 
 
+def bench_data(data: Path) -> Path:
+    """DATA if it is a folder, else 4 synthetic patients written to a temporary folder."""
+    return data if data.is_dir() else write_dataset(Path(tempfile.mkdtemp()), cases=4, slices=24)
+
+
 def throughput(args: argparse.Namespace) -> None:
-    data = args.data
-    if not data.is_dir():
-        data = write_dataset(Path(tempfile.mkdtemp()), cases=4, slices=24)
+    data = bench_data(args.data)
     default = Config()
     reference = default.replace(
         data={"context": 0},  # the author's model sees one 3-channel slice
@@ -80,7 +83,7 @@ def throughput(args: argparse.Namespace) -> None:
     recipes = {"reference (32 filters, 256 px, batch 16, fp32 NCHW)":
                (reference, ModelConfig(base_filters=32, dropout=0.0)),
                f"gliomaseg default ({default.model.base_filters} filters, 2.5D, 128 px crops, "
-               "batch 32, bf16, channels-last)":
+               f"batch 32, {'bf16' if use_bf16(default.train.bf16) else 'fp32'}, channels-last)":
                (default, default.model)}
     runs = {name: loop(cfg, cases, m, args.steps + 1) for name, (cfg, m) in recipes.items()}
     print_rates(runs, args.steps)
@@ -107,9 +110,7 @@ def print_rates(runs: dict, steps: int) -> None:
 
 
 def precision(args: argparse.Namespace) -> None:
-    data = args.data
-    if not data.is_dir():
-        data = write_dataset(Path(tempfile.mkdtemp()), cases=4, slices=24)
+    data = bench_data(args.data)
     cfg = load_config(args.config).replace(train={"steps_per_epoch": args.steps + 2})
     cases = load_cases(data, list_cases(data)[: args.cases], cfg)
     runs = {f"{args.config}, {mode}": loop(cfg, cases, cfg.model, args.steps + 1, bf16=bf16)

@@ -347,7 +347,7 @@ def pair_fold(folds: list[dict[str, list[str]]], left_out: tuple[int, int]) -> d
     Validation is the two left-out folds together; training is every other fold. In a nested
     cross-validation of the fold ensemble, outer fold k's ensemble has one network per other
     fold j, trained on every fold but j and k: the pair (j, k) trains the same network for
-    outer folds j and k alike, so k folds need k(k-1)/2 networks instead of k(k-1). Its
+    outer folds j and k alike, so n folds need n(n-1)/2 networks instead of n(n-1). Its
     validation patients only log progress: the ensemble takes each network's last epoch,
     since choosing an epoch on fold j or k would leak the patients it later scores.
     """
