@@ -114,6 +114,8 @@ def test_chosen_post_overrides_only_what_is_given():
     assert chosen_post(PostConfig(largest_by="voxels")).largest_by == "voxels"
     off = chosen_post(PostConfig(tta=True), tta=False, largest_component=False)
     assert not off.tta and not off.largest_component  # --no-tta, --no-largest-component
+    assert chosen_post(PostConfig(), fill_holes=True).fill_holes
+    assert not chosen_post(PostConfig(fill_holes=True), fill_holes=False).fill_holes
 
 
 PLAIN = PostConfig(largest_component=False)  # threshold only
@@ -271,7 +273,7 @@ def test_cli_evaluate_writes_outputs_and_refuses_to_overwrite(synth_root, tiny_c
     case = list_cases(synth_root)[3]
     out = tmp_path / "eval"
     res = run_cli("evaluate", synth_root, "-o", out, "--model", tiny_checkpoint,
-                  "--cases", case, "--no-variants")
+                  "--cases", case, "--no-variants", "--fill-holes")
     assert res.returncode == 0, res.stderr
     assert "mean PV-DSC" in res.stdout and "report.html" in res.stdout
     assert {p.name for p in out.iterdir()} == {"summary.json", "per_case.csv", "report.html"}
@@ -279,6 +281,7 @@ def test_cli_evaluate_writes_outputs_and_refuses_to_overwrite(synth_root, tiny_c
     assert [r["case"] for r in summary["per_case"]] == [case]
     assert summary["variants"] == [] and summary["timing"]["seconds"] > 0
     assert summary["config"]["network_passes_per_slice"] == 1
+    assert summary["config"]["post"]["fill_holes"] is True  # the flag reached the scoring
     assert sorted(p.relative_to(synth_root) for p in synth_root.rglob("*")) == before
 
     again = run_cli("evaluate", synth_root, "-o", out, "--model", tiny_checkpoint)

@@ -137,6 +137,18 @@ def test_largest_component_by_probability_mass_or_by_voxels():
     assert not postprocess(np.full((2, 8, 8), 0.2, np.float32), PostConfig()).any()
 
 
+def test_fill_holes_fills_what_is_enclosed_in_3d_only():
+    """A cavity inside a block is filled; a tunnel open at both end slices is not."""
+    probs = np.zeros((5, 12, 12), np.float32)
+    probs[0:5, 1:6, 1:6] = 0.9
+    probs[2, 3, 3] = 0.1  # cavity, enclosed on every side
+    probs[0:5, 6:11, 6:11] = 0.9
+    probs[:, 8, 8] = 0.1  # tunnel through every slice
+    filled = postprocess(probs, PostConfig(largest_component=False, fill_holes=True))
+    assert filled[2, 3, 3] == 1 and not filled[:, 8, 8].any()
+    assert postprocess(probs, PostConfig(largest_component=False))[2, 3, 3] == 0
+
+
 @pytest.mark.parametrize(("avx512_bf16", "amx"), [(False, False), (True, False), (False, True)])
 def test_bf16_runs_only_where_the_cpu_computes_it_natively(monkeypatch, avx512_bf16, amx):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)

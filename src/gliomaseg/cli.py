@@ -380,7 +380,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = models[0] if models else load_for_evaluation(args.model, backend=args.backend,
                                                           fp32=not args.as_validated)
     posts = [chosen_post(m.cfg.post, tta=args.tta, largest_component=args.largest_component,
-                         min_size=args.min_size, largest_by=args.largest_by)
+                         min_size=args.min_size, largest_by=args.largest_by,
+                         fill_holes=args.fill_holes)
              for m in models or [model]]
     common = {"variants": not args.no_variants, "batch_size": args.batch_size, "progress": True,
               "settings": {"precision": model.info["precision"],
@@ -737,6 +738,9 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
                         "(default: the model's setting)")
     p.add_argument("--min-size", type=int, metavar="VOXELS",
                    help="drop 3D components smaller than this (default: the model's setting)")
+    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction,
+                   help="fill holes enclosed in 3D in the final mask (default: the model's "
+                        "setting)")
     p.add_argument("--no-variants", action="store_true",
                    help="skip the post-processing/TTA variants table (one network pass less)")
     p.add_argument("--nested-post", action="store_true",

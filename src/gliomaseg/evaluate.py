@@ -570,11 +570,7 @@ def _read_run_json(path: Path) -> dict | None:
     return run if isinstance(run, dict) else None
 
 
-def chosen_post(post: PostConfig, tta: bool | None = None, largest_component: bool | None = None,
-                min_size: int | None = None, largest_by: str | None = None) -> PostConfig:
-    """The model's own post-processing with the command-line choices (None: keep the model's)."""
-    return replace(post, tta=post.tta if tta is None else tta,
-                   largest_component=(post.largest_component if largest_component is None
-                                      else largest_component),
-                   min_size=post.min_size if min_size is None else min_size,
-                   largest_by=post.largest_by if largest_by is None else largest_by)
+def chosen_post(post: PostConfig, **choices) -> PostConfig:
+    """The model's own post-processing with the command-line choices: PostConfig fields
+    (tta, largest_component, min_size, largest_by, fill_holes); None keeps the model's."""
+    return replace(post, **{k: v for k, v in choices.items() if v is not None})
