@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py throughput [--data DIR] [--steps 6]
     python benchmarks/bench_train.py budget RUN_DIR [RUN_DIR ...]
     python benchmarks/bench_train.py precision [--config configs/bundled.json] [--steps 4]
+    python benchmarks/bench_train.py layout [--config configs/bundled.json] [--steps 4]
 
 `throughput`: slices (or crops) per second for one train step including data
 loading, interleaved in the same process so machine noise hits both alike:
@@ -13,6 +14,8 @@ loading, interleaved in the same process so machine noise hits both alike:
     real CropDataset and DataLoader.
 `precision`: one recipe's train step with bf16 autocast against fp32 (the reference),
 interleaved; tells whether this CPU computes bf16 natively (`inference.use_bf16`).
+`layout`: the same with channels-last memory against NCHW (the reference), at the
+precision training would use on this CPU; plus the data pipeline alone, for its share.
 `budget`: validation PV-DSC reached by 15, 30 and 60 minutes of training, read
 from a run's metrics.csv (cumulative epoch seconds, validation included; CPU
 seconds when the run's budget clock was "cpu").
@@ -121,6 +124,25 @@ def precision(args: argparse.Namespace) -> None:
           f"{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
 
 
+def layout(args: argparse.Namespace) -> None:
+    data = bench_data(args.data)
+    cfg = load_config(args.config).replace(train={"steps_per_epoch": args.steps + 2})
+    cases = load_cases(data, list_cases(data)[: args.cases], cfg)
+    runs = {f"{args.config}, {name}": loop(cfg.replace(train={"channels_last": last}), cases,
+                                           cfg.model, args.steps + 1)
+            for name, last in (("NCHW (reference)", False), ("channels-last", True))}
+    print_rates(runs, args.steps)
+    batches = iter(DataLoader(CropDataset(cases, cfg), batch_size=cfg.train.batch_size,
+                              num_workers=cfg.train.workers))
+    next(batches)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        next(batches)
+    print(f"\ndata pipeline alone: {args.steps * cfg.train.batch_size / (time.perf_counter() - t):.1f}"
+          f" samples/s; precision {'bf16' if use_bf16(cfg.train.bf16) else 'fp32'}; "
+          f"{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
+
+
 def budget(args: argparse.Namespace) -> None:
     print("| run | PV-DSC by 15 min | by 30 min | by 60 min | best (epoch, minutes) |")
     print("|---|---|---|---|---|")
@@ -151,12 +173,13 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--steps", type=int, default=6)
     p.set_defaults(func=throughput)
-    p = sub.add_parser("precision")
-    p.add_argument("--config", type=Path, default=Path("configs/bundled.json"))
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--cases", type=int, default=8)
-    p.add_argument("--steps", type=int, default=4)
-    p.set_defaults(func=precision)
+    for name, func in (("precision", precision), ("layout", layout)):
+        p = sub.add_parser(name)
+        p.add_argument("--config", type=Path, default=Path("configs/bundled.json"))
+        p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+        p.add_argument("--cases", type=int, default=8)
+        p.add_argument("--steps", type=int, default=4)
+        p.set_defaults(func=func)
     p = sub.add_parser("budget")
     p.add_argument("runs", type=Path, nargs="+")
     p.set_defaults(func=budget)
