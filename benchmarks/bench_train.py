@@ -112,10 +112,15 @@ def print_rates(runs: dict, steps: int) -> None:
         print(f"| {name} | {rate:.1f} | {rate / ref_rate:.2f}x |")
 
 
-def precision(args: argparse.Namespace) -> None:
+def recipe_setup(args: argparse.Namespace):
+    """(data folder, --config with room for the timed steps, its loaded patients)."""
     data = bench_data(args.data)
     cfg = load_config(args.config).replace(train={"steps_per_epoch": args.steps + 2})
-    cases = load_cases(data, list_cases(data)[: args.cases], cfg)
+    return data, cfg, load_cases(data, list_cases(data)[: args.cases], cfg)
+
+
+def precision(args: argparse.Namespace) -> None:
+    data, cfg, cases = recipe_setup(args)
     runs = {f"{args.config}, {mode}": loop(cfg, cases, cfg.model, args.steps + 1, bf16=bf16)
             for mode, bf16 in (("fp32 (reference)", False), ("bf16 autocast", True))}
     print_rates(runs, args.steps)
@@ -125,9 +130,7 @@ def precision(args: argparse.Namespace) -> None:
 
 
 def layout(args: argparse.Namespace) -> None:
-    data = bench_data(args.data)
-    cfg = load_config(args.config).replace(train={"steps_per_epoch": args.steps + 2})
-    cases = load_cases(data, list_cases(data)[: args.cases], cfg)
+    data, cfg, cases = recipe_setup(args)
     runs = {f"{args.config}, {name}": loop(cfg.replace(train={"channels_last": last}), cases,
                                            cfg.model, args.steps + 1)
             for name, last in (("NCHW (reference)", False), ("channels-last", True))}
