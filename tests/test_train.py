@@ -14,7 +14,7 @@ from conftest import TINY, run_cli
 from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config
 from gliomaseg.data import DataError, list_cases
-from gliomaseg.train import CropDataset, choose_cases, lr_factor, train
+from gliomaseg.train import CropDataset, Progress, choose_cases, lr_factor, train
 
 
 def read_rows(run):
@@ -123,6 +123,23 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(99, 100, 10) < 0.05
     assert lr_factor(20, 100, 10, time_used=1.0) == pytest.approx(0.01)  # time budget spent
     assert lr_factor(20, 100, 10, time_used=0.5) < lr_factor(20, 100, 10)
+
+
+def test_progress_counts_epochs_since_the_best_and_stops_on_patience_after_min_epochs():
+    cfg = Config().replace(train={"patience": 1, "min_epochs": 3, "max_minutes": 0}).train
+    p = Progress().record(1, 0.5, 10.0).record(2, 0.4, 10.0)
+    assert (p.best_dice, p.best_epoch, p.bad_epochs, p.elapsed) == (0.5, 1, 1, 20.0)
+    assert p.stop_reason(cfg) is None  # patience spent, but before min_epochs
+    assert p.record(3, 0.6, 1.0).stop_reason(cfg) is None  # improved: the count restarts
+    assert p.record(3, 0.45, 1.0).stop_reason(cfg) == "no better validation PV-DSC for 2 epochs"
+
+
+def test_progress_stops_when_the_time_budget_is_spent_and_survives_a_checkpoint():
+    cfg = Config().replace(train={"patience": 100, "max_minutes": 1.0}).train
+    p = Progress().record(1, 0.5, 59.0)
+    assert p.stop_reason(cfg) is None
+    assert p.record(2, 0.9, 2.0).stop_reason(cfg) == "time budget reached"
+    assert Progress.from_checkpoint({"model": {}, **p.__dict__}) == p
 
 
 def test_same_seed_same_run(synth_root, tmp_path):

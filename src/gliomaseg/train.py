@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import metrics
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, TrainConfig
 from .data import DataError, iter_patients
 from .inference import sigmoid, to_native, torch_logits_fn, use_bf16, volume_logits
 from .losses import build_loss
@@ -238,27 +238,78 @@ def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, aut
     return running / max(steps, 1), lr
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands after `epoch` finished epochs. Its fields are saved in last.pt
+    under the same names, so a killed run resumes with its early-stopping count and
+    time budget intact."""
+
+    epoch: int = 0
+    best_dice: float = -1.0  # best validation PV-DSC so far
+    best_epoch: int = 0
+    bad_epochs: int = 0  # epochs since the best one
+    elapsed: float = 0.0  # seconds spent on the budget clock (train.budget_clock)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict | None) -> Progress:
+        return cls() if state is None else cls(**{k: state[k] for k in cls.__dataclass_fields__})
+
+    def record(self, epoch: int, dice: float, seconds: float) -> Progress:
+        """The run after `epoch`, which scored validation PV-DSC `dice` and took `seconds`."""
+        elapsed = self.elapsed + seconds
+        if dice > self.best_dice:
+            return Progress(epoch, dice, epoch, 0, elapsed)
+        return Progress(epoch, self.best_dice, self.best_epoch, self.bad_epochs + 1, elapsed)
+
+    def stop_reason(self, cfg: TrainConfig) -> str | None:
+        """Why the run should stop now (time budget or patience), or None to go on."""
+        if cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes:
+            return "time budget reached"
+        if self.epoch >= cfg.min_epochs and self.bad_epochs >= cfg.patience:
+            return f"no better validation PV-DSC for {self.bad_epochs} epochs"
+        return None
+
+
+def run_config(cfg: Config, state: dict | None, start: dict | None) -> Config:
+    """The config a run trains with: a resumed run keeps its own (`state`, its last.pt);
+    fine-tuning from the checkpoint `start` keeps that network's data and model settings,
+    since its weights only fit them, and takes augmentation and training from `cfg`."""
+    if state is not None:
+        return Config.from_dict(state["config"])
+    if start is not None:
+        saved = Config.from_dict(start["config"])
+        return Config(data=saved.data, model=saved.model, augment=cfg.augment, train=cfg.train,
+                      post=saved.post)
+    return cfg
+
+
+def save_epoch(run_dir: Path, model, optimizer, cfg: Config, progress: Progress,
+               val_cases: list[str]) -> None:
+    """last.pt (weights, optimizer, RNG, progress) every epoch; best.pt when it improved."""
+    ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": progress.epoch,
+            "best_dice": progress.best_dice, "best_epoch": progress.best_epoch,
+            "val_cases": val_cases}
+    if progress.best_epoch == progress.epoch:
+        save_checkpoint(run_dir / "best.pt", ckpt)
+    save_checkpoint(run_dir / "last.pt", {**ckpt, "optimizer": optimizer.state_dict(),
+                                          "torch_rng": torch.get_rng_state(),
+                                          "bad_epochs": progress.bad_epochs,
+                                          "elapsed": progress.elapsed})
+
+
 def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_cases: list[str],
           resume: bool = False, use_cache: bool = True, trial=None,
           init: Path | None = None) -> dict:
     """Train and return {"best_dice", "best_epoch", "pruned"}. Only rank 0 writes files.
 
-    `init` (a checkpoint) starts from its weights: fine-tuning. Its data and model
-    settings replace those of `cfg`, since the weights only fit that network.
-
+    `init` (a checkpoint) starts from its weights: fine-tuning (see `run_config`).
     `trial` (optional, an Optuna trial) gets each epoch's validation PV-DSC and may prune.
     """
     rank, world, device = setup_distributed()
     run_dir = Path(run_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    state = load_checkpoint(last_path) if resume else None
-    if state is not None:
-        cfg = Config.from_dict(state["config"])  # a resumed run keeps its own config
+    state = load_checkpoint(run_dir / "last.pt") if resume else None
     start = load_checkpoint(init) if init is not None and state is None else None
-    if start is not None:
-        saved = Config.from_dict(start["config"])
-        cfg = Config(data=saved.data, model=saved.model, augment=cfg.augment, train=cfg.train,
-                     post=saved.post)
+    cfg = run_config(cfg, state, start)
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     if rank == 0:
@@ -284,16 +335,13 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     budget = 60 * cfg.train.max_minutes
     loss_fn = build_loss(cfg.train)
 
-    start_epoch, best, best_epoch, bad_epochs, elapsed = 1, -1.0, 0, 0, 0.0
+    progress = Progress.from_checkpoint(state)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"] + 1
-        best, best_epoch = state["best_dice"], state["best_epoch"]
-        bad_epochs, elapsed = state["bad_epochs"], state["elapsed"]
-        log(f"resumed from {last_path} at epoch {start_epoch}")
-    rows = read_metrics(run_dir / "metrics.csv", start_epoch - 1) if rank == 0 else []
+        log(f"resumed from {run_dir / 'last.pt'} at epoch {progress.epoch + 1}")
+    rows = read_metrics(run_dir / "metrics.csv", progress.epoch) if rank == 0 else []
 
     log(f"loading {len(train_cases)} training and {len(val_cases)} validation patients")
     train_set = CropDataset(load_cases(data, train_cases, cfg, use_cache), cfg)
@@ -310,12 +358,12 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     # [stop flag, fraction of the time budget used]: decided on rank 0, shared with all ranks
-    control = torch.tensor([0.0, elapsed / budget if budget else 0.0])
+    control = torch.tensor([0.0, progress.elapsed / budget if budget else 0.0])
 
     def lr_at(step: int) -> float:  # step counts from the run's start, across epochs
         return cfg.train.lr * lr_factor(step, total_steps, warmup_steps, float(control[1]))
 
-    for epoch in range(start_epoch, cfg.train.max_epochs + 1):
+    for epoch in range(progress.epoch + 1, cfg.train.max_epochs + 1):
         t0, cpu0 = time.perf_counter(), time.process_time()
         train_set.epoch = epoch
         if sampler is not None:
@@ -327,38 +375,26 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         if rank == 0:
             val = validate(model, val_set, cfg, loss_fn)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-            elapsed += cpu if cfg.train.budget_clock == "cpu" else wall
-            row = {"epoch": epoch, "train_loss": round(train_loss, 5),
-                   **{k: round(v, 5) for k, v in val.items()},
-                   "lr": f"{lr:.3g}", "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}
-            rows.append(row)
+            progress = progress.record(epoch, val["val_dice"],
+                                       cpu if cfg.train.budget_clock == "cpu" else wall)
+            rows.append({"epoch": epoch, "train_loss": round(train_loss, 5),
+                         **{k: round(v, 5) for k, v in val.items()},
+                         "lr": f"{lr:.3g}", "seconds": round(wall, 1),
+                         "cpu_seconds": round(cpu, 1)})
             write_metrics(run_dir / "metrics.csv", rows)
             plot_curves(rows, run_dir / "curves.png")
-            improved = val["val_dice"] > best
-            if improved:
-                best, best_epoch, bad_epochs = val["val_dice"], epoch, 0
-            else:
-                bad_epochs += 1
-            ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch,
-                    "best_dice": best, "best_epoch": best_epoch, "val_cases": val_cases}
-            if improved:
-                save_checkpoint(best_path, ckpt)
-            save_checkpoint(last_path, {**ckpt, "optimizer": optimizer.state_dict(),
-                                        "torch_rng": torch.get_rng_state(),
-                                        "bad_epochs": bad_epochs, "elapsed": elapsed})
-            log(f"epoch {epoch}: loss {row['train_loss']:.4f}  val loss {val['val_loss']:.4f}  "
-                f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  "
-                f"({row['seconds']} s){'  *best*' if improved else ''}")
-            out_of_time = budget > 0 and elapsed > budget
-            control[1] = elapsed / budget if budget else 0.0
-            patience_over = epoch >= cfg.train.min_epochs and bad_epochs >= cfg.train.patience
+            save_epoch(run_dir, model, optimizer, cfg, progress, val_cases)
+            log(f"epoch {epoch}: loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  "
+                f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  ({wall:.1f} s)"
+                + ("  *best*" if progress.best_epoch == epoch else ""))
+            control[1] = progress.elapsed / budget if budget else 0.0
             if trial is not None:
                 trial.report(val["val_dice"], epoch)
                 if trial.should_prune():
                     control[0] = 2
-            if out_of_time or patience_over:
-                log("stopping: " + ("time budget reached" if out_of_time else
-                                    f"no better validation PV-DSC for {bad_epochs} epochs"))
+            reason = progress.stop_reason(cfg.train)
+            if reason:
+                log(f"stopping: {reason}")
                 control[0] = 1
         if world > 1:
             dist.broadcast(control, src=0)
@@ -370,5 +406,7 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         dist.barrier()
         dist.destroy_process_group()
     if rank == 0:
-        log(f"best validation PV-DSC {best:.4f} at epoch {best_epoch}; checkpoint {best_path}")
-    return {"best_dice": best, "best_epoch": best_epoch, "pruned": bool(control[0] == 2)}
+        log(f"best validation PV-DSC {progress.best_dice:.4f} at epoch {progress.best_epoch}; "
+            f"checkpoint {run_dir / 'best.pt'}")
+    return {"best_dice": progress.best_dice, "best_epoch": progress.best_epoch,
+            "pruned": bool(control[0] == 2)}
