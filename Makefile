@@ -208,10 +208,15 @@ $(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
 # Each is taken at its last epoch: its validation folds are j and k, which must not choose it.
 # The outer ensembles are cross-validated together (a bundle's validation patients are those
 # none of its networks trained on) and compared per patient with the bundled networks.
+# Ten networks are about 18 CPU hours in fp32, more than one working session, so each finished
+# one is kept in $(KEPT), committed: slim (`gliomaseg bundle` of its last.pt: fp16 weights,
+# config, its patients) beside its metrics.csv. `make nested` trains only the pairs not kept
+# there yet; KEPT=another/folder trains every pair from scratch.
 OUTERS ?= $(FOLDS)
+KEPT ?= results/nested
 NESTED := $(RUN)-nested$(subst $(EMPTY) ,,$(foreach k,$(OUTERS),-$(k)))
 # The pairs that leave out fold $(1), named lower fold first: 0-1 0-2 0-3 0-4 for fold 0.
-pairs_of = $(foreach j,$(filter-out $(1),$(FOLDS)),$(RUN)-pair$(subst $(EMPTY) ,-,$(sort $(1) $(j))))
+pairs_of = $(foreach j,$(filter-out $(1),$(FOLDS)),$(subst $(EMPTY) ,-,$(sort $(1) $(j))))
 
 nested: $(NESTED)-cv/summary.json $(RUN)-members-cv/summary.json
 	$(call COMPARE,$(RUN)-members-cv,$(NESTED)-cv)
@@ -221,15 +226,20 @@ $(NESTED)-cv/summary.json: $(foreach k,$(OUTERS),$(RUN)-outer$(k).pt)
 		-o $(NESTED)-cv --overwrite
 
 define outer_rule
-$(RUN)-outer$(1).pt: $(addsuffix /finished,$(call pairs_of,$(1)))
-	$(BIN)/gliomaseg bundle $$(addsuffix last.pt,$$(dir $$^)) --post configs/bundled-post.json \
-		-o $$@ --overwrite
+$(RUN)-outer$(1).pt: $(foreach p,$(call pairs_of,$(1)),$(KEPT)/pair$(p).pt)
+	$(BIN)/gliomaseg bundle $$^ --post configs/bundled-post.json -o $$@ --overwrite
 endef
 $(foreach k,$(FOLDS),$(eval $(call outer_rule,$(k))))
 
+# No prerequisite but the split: a kept network is never retrained because a run folder is gone.
+$(KEPT)/pair%.pt: | $(RUN)-splits.json
+	$(MAKE) $(RUN)-pair$*/finished
+	$(BIN)/gliomaseg bundle $(RUN)-pair$*/last.pt -o $@ --overwrite
+	cp $(RUN)-pair$*/metrics.csv $(KEPT)/pair$*-metrics.csv
+
 # A stamp, not last.pt: last.pt is written every epoch, so only the stamp says the run ended.
 # A killed run resumes from its last.pt.
-.PRECIOUS: $(RUN)-pair%/finished
+.PRECIOUS: $(RUN)-pair%/finished $(KEPT)/pair%.pt
 
 $(RUN)-pair%/finished: | $(RUN)-splits.json
 	$(BIN)/gliomaseg split $(DATA) --pair-of $(RUN)-splits.json --pair $(subst -, ,$*) \

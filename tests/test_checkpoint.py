@@ -64,6 +64,26 @@ def test_bundle_of_several_runs_is_an_ensemble_of_their_networks(tmp_path):
         torch.testing.assert_close(model(x), expected)
 
 
+def test_bundles_of_one_run_ensemble_like_the_runs_and_keep_their_patients(tmp_path):
+    """`make nested` keeps each finished network slim (a bundle of its run alone, no run.json
+    beside it) and ensembles those later: the weights and the training patients must be the
+    ones bundling the runs directly gives, or `evaluate --cv` would score trained patients."""
+    runs = [make_run(tmp_path / f"r{i}", seed=i, train=[c for c in "ABC" if c != v], val=[v])
+            for i, v in enumerate("ABC")]
+    slim = []
+    for i, (src, _) in enumerate(runs):
+        bundle([src], tmp_path / "kept" / f"pair{i}.pt")
+        slim.append(tmp_path / "kept" / f"pair{i}.pt")
+    direct = bundle([src for src, _ in runs], tmp_path / "direct.pt")
+    out = bundle(slim, tmp_path / "ens.pt")
+    assert [m["train_cases"] for m in out["members"]] == [["B", "C"], ["A", "C"], ["A", "B"]]
+    assert [m["val_cases"] for m in out["members"]] == [["A"], ["B"], ["C"]]
+    assert [m["epoch"] for m in out["members"]] == [7, 7, 7]
+    assert out["model"].keys() == direct["model"].keys()
+    for key, weight in direct["model"].items():
+        assert torch.equal(out["model"][key], weight), key
+
+
 def test_member_states_split_an_ensemble_back_into_its_runs(tmp_path):
     runs = [make_run(tmp_path / f"r{i}", seed=i, train=[c for c in "ABC" if c != v], val=[v])
             for i, v in enumerate("ABC")]

@@ -124,8 +124,8 @@ def test_ensemble_joins_each_fold_with_its_own_variant_networks(tmp_path, ckpt, 
 
 
 def test_nested_trains_each_pair_of_folds_once_and_scores_the_outer_folds(tmp_path):
-    run = f"{tmp_path}/r"
-    lines = dry_run(tmp_path, "nested", "OUTERS=1 3")
+    run, kept = f"{tmp_path}/r", f"{tmp_path}/kept"
+    lines = dry_run(tmp_path, "nested", "OUTERS=1 3", f"KEPT={kept}")
     pairs = ["0-1", "1-2", "1-3", "1-4", "0-3", "2-3", "3-4"]  # 1-3 serves both outer folds
     splits = [line for line in lines if " --pair-of " in line]
     assert [re.search(r"--pair (\d \d)", s).group(1) for s in splits] == [
@@ -136,15 +136,33 @@ def test_nested_trains_each_pair_of_folds_once_and_scores_the_outer_folds(tmp_pa
         assert f"train --resume {run}-pair{p};" in t  # a killed run resumes
         assert f"-o {run}-pair{p} --splits {run}-pair{p}-splits.json " in t
         assert "--config configs/bundled.json --overwrite" in t and "--val-fold" not in t
+    for p in pairs:  # each finished network is kept, slim, with its training log
+        assert any(line.endswith(f"bundle {run}-pair{p}/last.pt -o {kept}/pair{p}.pt --overwrite")
+                   for line in lines)
+        assert f"cp {run}-pair{p}/metrics.csv {kept}/pair{p}-metrics.csv" in lines
     for k, members in ((1, pairs[:4]), (3, ["0-3", "1-3", "2-3", "3-4"])):
         joined = next(line for line in lines if f"-o {run}-outer{k}.pt " in line)
-        assert f"bundle {' '.join(f'{run}-pair{p}/last.pt' for p in members)} " in joined
+        assert f"bundle {' '.join(f'{kept}/pair{p}.pt' for p in members)} " in joined
     scored = next(line for line in lines if f"-o {run}-nested-1-3-cv " in line)
     assert f"--cv {run}-outer1.pt {run}-outer3.pt " in scored and " --nested-post " in scored
     compares = [line for line in lines if " compare " in line]
     assert compares and all(f"compare {run}-members-cv {run}-nested-1-3-cv" in c for c in compares)
-    one = next(line for line in dry_run(tmp_path, "nested", "OUTERS=0") if "-nested-0-cv " in line)
+    one = next(line for line in dry_run(tmp_path, "nested", "OUTERS=0", f"KEPT={kept}")
+               if "-nested-0-cv " in line)
     assert "--nested-post" not in one  # one fold has no other folds to choose on
+
+
+def test_nested_does_not_retrain_a_kept_network(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for p in ("0-1", "1-2"):  # kept by an earlier session; its run folder is gone
+        (kept / f"pair{p}.pt").touch()
+    lines = dry_run(tmp_path, "nested", "OUTERS=1", f"KEPT={kept}")
+    trained = [re.search(r"-o \S+-pair(\d-\d) ", line).group(1)
+               for line in lines if " train " in line]
+    assert trained == ["1-3", "1-4"]
+    joined = next(line for line in lines if "-outer1.pt " in line)
+    assert " ".join(f"{kept}/pair{p}.pt" for p in ("0-1", "1-2", "1-3", "1-4")) in joined
 
 
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):

@@ -125,9 +125,10 @@ def member_states(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _provenance(src: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """Where a bundled network came from: its run's epochs, scores and patients."""
-    info = {"source": Path(src).name,
-            **{k: state[k] for k in ("epoch", "best_dice", "best_epoch", "val_cases") if k in state}}
+    """Where a bundled network came from: its run's epochs, scores and patients (from the
+    run.json beside a training checkpoint, else as recorded in a bundle of one run)."""
+    keys = ("epoch", "best_dice", "best_epoch", "train_cases", "val_cases")
+    info = {"source": Path(src).name, **{k: state[k] for k in keys if k in state}}
     try:
         run = json.loads(Path(src).with_name("run.json").read_text())
         info.update(train_cases=list(run["train"]), val_cases=list(run["val"]))
