@@ -14,7 +14,7 @@ from conftest import TINY, run_cli
 from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config
 from gliomaseg.data import DataError, list_cases
-from gliomaseg.train import CropDataset, Progress, choose_cases, lr_factor, train
+from gliomaseg.train import CropDataset, Progress, choose_cases, lr_factor, stop_code, train
 
 
 def read_rows(run):
@@ -140,6 +140,33 @@ def test_progress_stops_when_the_time_budget_is_spent_and_survives_a_checkpoint(
     assert p.stop_reason(cfg) is None
     assert p.record(2, 0.9, 2.0).stop_reason(cfg) == "time budget reached"
     assert Progress.from_checkpoint({"model": {}, **p.__dict__}) == p
+
+
+class FakeTrial:
+    """The two calls train() makes on an Optuna trial."""
+
+    def __init__(self, prune: bool):
+        self.prune, self.reported = prune, []
+
+    def report(self, value: float, step: int) -> None:
+        self.reported.append((step, value))
+
+    def should_prune(self) -> bool:
+        return self.prune
+
+
+def test_stop_code_goes_on_stops_or_prunes_and_a_stop_reason_wins():
+    cfg = Config().replace(train={"patience": 1, "min_epochs": 1, "max_minutes": 0}).train
+    improving = Progress().record(1, 0.5, 1.0)
+    stalled = improving.record(2, 0.4, 1.0)
+    logged = []
+    assert stop_code(improving, 0.5, cfg, None, logged.append) == 0
+    trial = FakeTrial(prune=True)
+    assert stop_code(improving, 0.5, cfg, trial, logged.append) == 2
+    assert trial.reported == [(1, 0.5)]
+    assert stop_code(stalled, 0.4, cfg, FakeTrial(prune=False), logged.append) == 1
+    assert stop_code(stalled, 0.4, cfg, FakeTrial(prune=True), logged.append) == 1
+    assert logged == ["stopping: no better validation PV-DSC for 1 epochs"] * 2
 
 
 def test_same_seed_same_run(synth_root, tmp_path):

@@ -283,9 +283,12 @@ def run_config(cfg: Config, state: dict | None, start: dict | None) -> Config:
     return cfg
 
 
-def save_epoch(run_dir: Path, model, optimizer, cfg: Config, progress: Progress,
-               val_cases: list[str]) -> None:
-    """last.pt (weights, optimizer, RNG, progress) every epoch; best.pt when it improved."""
+def save_epoch(run_dir: Path, rows: list[dict], model, optimizer, cfg: Config,
+               progress: Progress, val_cases: list[str]) -> None:
+    """What a run writes after each epoch: metrics.csv and curves.png from `rows` (one per
+    epoch), last.pt (weights, optimizer, RNG, progress) and best.pt when it improved."""
+    write_metrics(run_dir / "metrics.csv", rows)
+    plot_curves(rows, run_dir / "curves.png")
     ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": progress.epoch,
             "best_dice": progress.best_dice, "best_epoch": progress.best_epoch,
             "val_cases": val_cases}
@@ -295,6 +298,50 @@ def save_epoch(run_dir: Path, model, optimizer, cfg: Config, progress: Progress,
                                           "torch_rng": torch.get_rng_state(),
                                           "bad_epochs": progress.bad_epochs,
                                           "elapsed": progress.elapsed})
+
+
+def start_run(run_dir: Path, cfg: Config, data: Path, train_cases: list[str],
+              val_cases: list[str], world: int) -> None:
+    """The run folder with config.json and run.json, written before the first epoch so a
+    run killed early still says what it was."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (run_dir / "run.json").write_text(json.dumps(
+        {"data": str(data), "train": train_cases, "val": val_cases, "world_size": world},
+        indent=2))
+
+
+def build_training(cfg: Config, device: torch.device, state: dict | None,
+                   start: dict | None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The network and its Adam optimiser: fresh (seeded by `train.seed`), from the weights
+    of `start` (fine-tuning), or as `state` (a resumed last.pt) left them, RNG included."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.data.in_channels, cfg.model).to(device)
+    if start is not None:
+        model.load_state_dict(model_from_checkpoint(start)[0].state_dict())
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
+                                 weight_decay=cfg.train.weight_decay)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+    return model, optimizer
+
+
+def stop_code(progress: Progress, dice: float, cfg: TrainConfig, trial, log) -> int:
+    """0 to go on, 1 to stop (time budget or patience), 2 when the Optuna `trial` (if any),
+    told this epoch's validation PV-DSC `dice`, prunes the run."""
+    pruned = 0
+    if trial is not None:
+        trial.report(dice, progress.epoch)
+        pruned = 2 if trial.should_prune() else 0
+    reason = progress.stop_reason(cfg)
+    if reason:
+        log(f"stopping: {reason}")
+        return 1
+    return pruned
 
 
 def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_cases: list[str],
@@ -313,33 +360,13 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     if cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        (run_dir / "run.json").write_text(json.dumps(
-            {"data": str(data), "train": train_cases, "val": val_cases, "world_size": world},
-            indent=2))
+        start_run(run_dir, cfg, data, train_cases, val_cases, world)
     log = Logger(run_dir / "train.log" if rank == 0 else None)
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.data.in_channels, cfg.model).to(device)
-    if start is not None:
-        model.load_state_dict(model_from_checkpoint(start)[0].state_dict())
-        log(f"starting from the weights of {init}")
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = max(1, cfg.train.steps_per_epoch // world)
-    total_steps = steps_per_epoch * cfg.train.max_epochs
-    warmup_steps = steps_per_epoch * cfg.train.warmup_epochs
-    budget = 60 * cfg.train.max_minutes
-    loss_fn = build_loss(cfg.train)
-
+    model, optimizer = build_training(cfg, device, state, start)
     progress = Progress.from_checkpoint(state)
+    if start is not None:
+        log(f"starting from the weights of {init}")
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
         log(f"resumed from {run_dir / 'last.pt'} at epoch {progress.epoch + 1}")
     rows = read_metrics(run_dir / "metrics.csv", progress.epoch) if rank == 0 else []
 
@@ -356,8 +383,14 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         f"{world} process(es) on {device.type}, "
         + ("bf16" if bf16 else "fp32" + (" (no native bf16 here)" if cfg.train.bf16 else "")))
 
+    loss_fn = build_loss(cfg.train)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    # [stop flag, fraction of the time budget used]: decided on rank 0, shared with all ranks
+    steps_per_epoch = max(1, cfg.train.steps_per_epoch // world)
+    total_steps = steps_per_epoch * cfg.train.max_epochs
+    warmup_steps = steps_per_epoch * cfg.train.warmup_epochs
+    budget = 60 * cfg.train.max_minutes
+    # [stop code (see stop_code), fraction of the time budget used]: decided on rank 0,
+    # shared with all ranks
     control = torch.tensor([0.0, progress.elapsed / budget if budget else 0.0])
 
     def lr_at(step: int) -> float:  # step counts from the run's start, across epochs
@@ -381,21 +414,12 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
                          **{k: round(v, 5) for k, v in val.items()},
                          "lr": f"{lr:.3g}", "seconds": round(wall, 1),
                          "cpu_seconds": round(cpu, 1)})
-            write_metrics(run_dir / "metrics.csv", rows)
-            plot_curves(rows, run_dir / "curves.png")
-            save_epoch(run_dir, model, optimizer, cfg, progress, val_cases)
+            save_epoch(run_dir, rows, model, optimizer, cfg, progress, val_cases)
             log(f"epoch {epoch}: loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  "
                 f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  ({wall:.1f} s)"
                 + ("  *best*" if progress.best_epoch == epoch else ""))
+            control[0] = stop_code(progress, val["val_dice"], cfg.train, trial, log)
             control[1] = progress.elapsed / budget if budget else 0.0
-            if trial is not None:
-                trial.report(val["val_dice"], epoch)
-                if trial.should_prune():
-                    control[0] = 2
-            reason = progress.stop_reason(cfg.train)
-            if reason:
-                log(f"stopping: {reason}")
-                control[0] = 1
         if world > 1:
             dist.broadcast(control, src=0)
         if control[0] > 0:
