@@ -31,7 +31,7 @@ from .. import __version__
 from ..data import DataError
 from ..nifti import channel_note
 from . import results as res
-from .uploads import UploadError, UploadLimits, read_upload, receive, too_large
+from .uploads import Upload, UploadError, UploadLimits, read_upload, receive, too_large
 
 STATIC = Path(__file__).parent / "static"
 RAW_BODY = {"requestBody": {"required": True, "content": {
@@ -203,112 +203,137 @@ def get_nifti(request: Request, rid: Rid) -> Response:
     return _download(content, "application/gzip", f"{r.case}_mask.nii.gz")
 
 
+# The page, health, limits and upload. Module level like result_routes: what they need
+# (settings, model, store, gate) is on app.state, set by create_app and lifespan.
+api_routes = APIRouter()
+
+
+@api_routes.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html")
+
+
+@api_routes.get("/health", summary="liveness, model and load")
+def health(request: Request) -> dict:
+    s = request.app.state
+    return {"status": "ok", "version": __version__, "model": _model_info(s.segmenter),
+            "pending": s.gate.pending, "results": len(s.store)}
+
+
+@api_routes.get("/api/limits", summary="upload limits (bytes, files, pixels)")
+def get_limits(request: Request) -> dict:
+    settings = request.app.state.settings
+    return {**asdict(settings.limits), "result_ttl": settings.result_ttl, "notice": res.NOTICE}
+
+
+async def _read(request: Request, filename: str | None) -> Upload:
+    """The upload, streamed to a private work folder, validated and read (uploads.Upload);
+    the folder is gone when this returns, whatever happened."""
+    s = request.app.state
+    limits = s.settings.limits
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_bytes:
+        raise too_large(limits.max_bytes)  # refuse before reading a byte
+    workdir = Path(tempfile.mkdtemp(dir=s.root))
+    s.active.add(workdir)
+    try:
+        await receive(request.stream(), workdir / "upload.bin", limits.max_bytes)
+        return await run_in_threadpool(read_upload, workdir / "upload.bin", workdir,
+                                       filename, limits)
+    finally:
+        await run_in_threadpool(shutil.rmtree, workdir, True)
+        s.active.discard(workdir)
+
+
+@api_routes.post("/api/uploads", status_code=201, openapi_extra=RAW_BODY,
+                 summary="upload one slice (.tif/.png), a zipped patient folder or a NIfTI "
+                         "volume (.nii/.nii.gz); segment it",
+                 description="Send the file as the raw request body, e.g. `curl --data-binary "
+                             "@patient.zip 'http://127.0.0.1:8000/api/uploads?filename="
+                             "patient.zip'`. Returns the result id and its statistics.")
+async def upload(request: Request,
+                 filename: Annotated[str | None, Query(max_length=255)] = None,
+                 pixel_mm: Annotated[float | None, Query(gt=0, le=50)] = None,
+                 slice_mm: Annotated[float | None, Query(gt=0, le=100)] = None) -> dict:
+    s = request.app.state
+    up = await _read(request, filename)
+    try:
+        prediction = await s.gate.run(s.segmenter.predict, up.image)
+    except Busy:
+        raise HTTPException(503, "The server is busy segmenting other scans. "
+                                 "Try again in a minute.") from None
+    notes = list(up.notes)
+    if up.volume is not None:  # the header knows the voxel size; the user's values win
+        header_pixel, header_slice = res.header_spacing(up.volume)
+        pixel_mm, slice_mm = pixel_mm or header_pixel, slice_mm or header_slice
+        notes += filter(None, [channel_note(up.volume, s.segmenter.cfg.data)])
+    result = res.Result(id=res.new_id(), case=up.case, image=up.image, mask=prediction.mask,
+                        truth=up.truth, slice_numbers=up.slice_numbers,
+                        seconds=prediction.seconds, pixel_mm=pixel_mm,
+                        slice_mm=slice_mm, notes=notes, volume=up.volume)
+    s.store.add(result)
+    return summary(request, result)
+
+
+async def _sweeper(app: FastAPI) -> None:
+    """Every quarter ttl (at most a minute): drop expired results and orphaned work folders."""
+    ttl = app.state.settings.result_ttl
+    while True:
+        await anyio.sleep(min(60.0, max(ttl / 4, 0.5)))
+        app.state.store.sweep()
+        await anyio.to_thread.run_sync(_sweep_dirs, app.state.root, ttl, set(app.state.active))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Load the model off the event loop, make the private temporary folder, the result
+    store and the inference gate; remove the folder on shutdown."""
+    s = app.state
+    s.segmenter = await anyio.to_thread.run_sync(_load, s.loader)
+    s.root = Path(tempfile.mkdtemp(prefix="gliomaseg-web-", dir=s.settings.temp_root))
+    s.store = res.ResultStore(s.settings.result_ttl, s.settings.max_results, s.clock)
+    s.gate = InferenceGate(s.settings.max_concurrent, s.settings.max_queue)
+    s.active = set()  # work folders in use by a request
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_sweeper, app)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+            s.gate.close()
+            shutil.rmtree(s.root, ignore_errors=True)
+
+
+async def _security_headers(request: Request, call_next):
+    response = await call_next(request)
+    if request.url.path not in DOCS:
+        response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+async def _data_error(_: Request, exc: DataError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
 def create_app(segmenter_or_loader: Any, settings: WebSettings | None = None,
                clock: Callable[[], float] = time.monotonic) -> FastAPI:
     """The app around a Segmenter, or a zero-argument callable returning one (called at startup).
 
     `clock` is injectable so that tests can expire results without waiting.
     """
-    settings = settings or WebSettings()
-    limits = settings.limits
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.segmenter = await anyio.to_thread.run_sync(_load, segmenter_or_loader)
-        app.state.root = Path(tempfile.mkdtemp(prefix="gliomaseg-web-", dir=settings.temp_root))
-        app.state.store = res.ResultStore(settings.result_ttl, settings.max_results, clock)
-        app.state.gate = InferenceGate(settings.max_concurrent, settings.max_queue)
-        app.state.active = set()  # work folders in use by a request
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_sweeper, app)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-                app.state.gate.close()
-                shutil.rmtree(app.state.root, ignore_errors=True)
-
-    async def _sweeper(app: FastAPI) -> None:
-        period = min(60.0, max(settings.result_ttl / 4, 0.5))
-        while True:
-            await anyio.sleep(period)
-            app.state.store.sweep()
-            await anyio.to_thread.run_sync(_sweep_dirs, app.state.root, settings.result_ttl,
-                                           set(app.state.active))
-
     app = FastAPI(title="gliomaseg", version=__version__, lifespan=lifespan,
                   description="Lower-grade glioma segmentation of brain MRI slices. "
                               + res.NOTICE)
-
-    @app.middleware("http")
-    async def headers(request: Request, call_next):
-        response = await call_next(request)
-        if request.url.path not in DOCS:
-            response.headers.update(SECURITY_HEADERS)
-        return response
-
-    @app.exception_handler(UploadError)
-    async def upload_error(_: Request, exc: UploadError):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-
-    @app.exception_handler(DataError)
-    async def data_error(_: Request, exc: DataError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
-
-    @app.get("/health", summary="liveness, model and load")
-    def health(request: Request) -> dict:
-        s = request.app.state
-        return {"status": "ok", "version": __version__, "model": _model_info(s.segmenter),
-                "pending": s.gate.pending, "results": len(s.store)}
-
-    @app.get("/api/limits", summary="upload limits (bytes, files, pixels)")
-    def get_limits() -> dict:
-        return {**asdict(limits), "result_ttl": settings.result_ttl, "notice": res.NOTICE}
-
-    @app.post("/api/uploads", status_code=201, openapi_extra=RAW_BODY,
-              summary="upload one slice (.tif/.png), a zipped patient folder or a NIfTI volume "
-                      "(.nii/.nii.gz); segment it",
-              description="Send the file as the raw request body, e.g. `curl --data-binary "
-                          "@patient.zip 'http://127.0.0.1:8000/api/uploads?filename=patient.zip'`."
-                          " Returns the result id and its statistics.")
-    async def upload(request: Request,
-                     filename: Annotated[str | None, Query(max_length=255)] = None,
-                     pixel_mm: Annotated[float | None, Query(gt=0, le=50)] = None,
-                     slice_mm: Annotated[float | None, Query(gt=0, le=100)] = None) -> dict:
-        s = request.app.state
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_bytes:
-            raise too_large(limits.max_bytes)  # refuse before reading a byte
-        workdir = Path(tempfile.mkdtemp(dir=s.root))
-        s.active.add(workdir)
-        try:
-            await receive(request.stream(), workdir / "upload.bin", limits.max_bytes)
-            up = await run_in_threadpool(read_upload, workdir / "upload.bin", workdir,
-                                         filename, limits)
-        finally:
-            await run_in_threadpool(shutil.rmtree, workdir, True)
-            s.active.discard(workdir)
-        try:
-            prediction = await s.gate.run(s.segmenter.predict, up.image)
-        except Busy:
-            raise HTTPException(503, "The server is busy segmenting other scans. "
-                                     "Try again in a minute.") from None
-        notes = list(up.notes)
-        if up.volume is not None:  # the header knows the voxel size; the user's values win
-            header_pixel, header_slice = res.header_spacing(up.volume)
-            pixel_mm, slice_mm = pixel_mm or header_pixel, slice_mm or header_slice
-            notes += filter(None, [channel_note(up.volume, s.segmenter.cfg.data)])
-        result = res.Result(id=res.new_id(), case=up.case, image=up.image, mask=prediction.mask,
-                            truth=up.truth, slice_numbers=up.slice_numbers,
-                            seconds=prediction.seconds, pixel_mm=pixel_mm,
-                            slice_mm=slice_mm, notes=notes, volume=up.volume)
-        s.store.add(result)
-        return summary(request, result)
-
+    app.state.loader, app.state.clock = segmenter_or_loader, clock
+    app.state.settings = settings or WebSettings()
+    app.middleware("http")(_security_headers)
+    app.add_exception_handler(UploadError, _upload_error)
+    app.add_exception_handler(DataError, _data_error)
+    app.include_router(api_routes)
     app.include_router(result_routes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
