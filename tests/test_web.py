@@ -130,6 +130,19 @@ def test_health_and_limits(client, segmenter):
     assert "research use only" in limits["notice"].lower()
 
 
+def test_two_apps_keep_their_own_settings(make_client):
+    # Settings live on each app's state, not in module globals: apps side by side (tests,
+    # or a server with two models) must not see each other's limits.
+    small = make_client(limits=UploadLimits(max_bytes=1000), result_ttl=60.0)
+    default = make_client()
+    assert small.get("/api/limits").json()["max_bytes"] == 1000
+    assert small.get("/api/limits").json()["result_ttl"] == 60.0
+    assert default.get("/api/limits").json()["max_bytes"] == UploadLimits().max_bytes
+    body = b"PK\x03\x04" + b"\0" * 2000
+    assert post(small, body).status_code == 413
+    assert post(default, body).status_code == 422  # refused as a corrupt zip, not for its size
+
+
 def test_page_is_served_offline_with_research_banner(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
