@@ -200,7 +200,7 @@ $(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
 	$(BIN)/gliomaseg bundle $(addsuffix $(CKPT),$(dir $^)) --post configs/bundled-post.json \
 		-o $@ --overwrite
 
-# `make -j4 nested OUTERS="0 1" DATA=...`: the shipped structure, an ensemble of cross-validation
+# `make -j2 nested [OUTERS="0 1"] DATA=...`: the shipped structure, an ensemble of cross-validation
 # networks, on patients none of its networks trained on (MODEL.md, "An ensemble of fold
 # networks on patients none of them saw"). Outer fold k's ensemble has one network per other
 # fold j, trained on the three remaining folds; the network of the pair (j, k) serves outer
@@ -211,7 +211,7 @@ $(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
 # Ten networks are about 18 CPU hours in fp32, more than one working session, so each finished
 # one is kept in $(KEPT), committed: slim (`gliomaseg bundle` of its last.pt: fp16 weights,
 # config, its patients) beside its metrics.csv. `make nested` trains only the pairs not kept
-# there yet; KEPT=another/folder trains every pair from scratch.
+# there yet (all ten are: it trains none); KEPT=another/folder trains every pair from scratch.
 OUTERS ?= $(FOLDS)
 KEPT ?= results/nested
 NESTED := $(RUN)-nested$(subst $(EMPTY) ,,$(foreach k,$(OUTERS),-$(k)))
