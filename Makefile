@@ -207,7 +207,8 @@ $(ENS)-fold%.pt: $(RUN)-fold%/best.pt $(foreach n,$(NAMES),$(RUN)-$(n)%/best.pt)
 # folds j and k alike (`gliomaseg split --pair-of`), so all five outer folds need ten networks.
 # Each is taken at its last epoch: its validation folds are j and k, which must not choose it.
 # The outer ensembles are cross-validated together (a bundle's validation patients are those
-# none of its networks trained on) and compared per patient with the bundled networks.
+# none of its networks trained on) and compared per patient with the bundled networks:
+# with post-processing, plain and, for two or more outer folds, with the nested choice.
 # Ten networks are about 18 CPU hours in fp32, more than one working session, so each finished
 # one is kept in $(KEPT), committed: slim (`gliomaseg bundle` of its last.pt: fp16 weights,
 # config, its patients) beside its metrics.csv. `make nested` trains only the pairs not kept
@@ -220,6 +221,7 @@ pairs_of = $(foreach j,$(filter-out $(1),$(FOLDS)),$(subst $(EMPTY) ,-,$(sort $(
 
 nested: $(NESTED)-cv/summary.json $(RUN)-members-cv/summary.json
 	$(call COMPARE,$(RUN)-members-cv,$(NESTED)-cv)
+	$(if $(word 2,$(OUTERS)),$(BIN)/gliomaseg compare $(RUN)-members-cv $(NESTED)-cv --variant "nested choice")
 
 $(NESTED)-cv/summary.json: $(foreach k,$(OUTERS),$(RUN)-outer$(k).pt)
 	$(BIN)/gliomaseg evaluate $(DATA) --cv $^ $(if $(word 2,$^),$(CVPOST),$(POST)) \
