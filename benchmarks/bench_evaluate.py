@@ -32,9 +32,10 @@ from gliomaseg.model import build_model
 from gliomaseg.synth import write_dataset
 
 
-def naive_probabilities(logits_fn, x, native_shape, tta_settings, batch_size=16):
-    return {t: to_native(probabilities(logits_fn, x, batch_size, tta=t), native_shape)
-            for t in sorted(tta_settings)}
+def naive_probabilities(logits_fn, x, native_shape, tta_settings, batch_size=16,
+                        mirror="left-right"):
+    return {t: to_native(probabilities(logits_fn, x, batch_size, tta=t, mirror=mirror),
+                         native_shape) for t in sorted(tta_settings)}
 
 
 def run(data: Path, cases: list[str], logits_fn, cfg: Config, shared: bool) -> float:

@@ -77,6 +77,16 @@ def test_both_tta_settings_cost_two_passes_and_match_inference():
     assert not np.allclose(both[False], both[True])  # the ramp makes the flip matter
 
 
+def test_mirroring_both_axes_costs_four_passes_and_matches_inference():
+    x = np.random.default_rng(2).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    fn = CountingLogits()
+    both = native_probabilities(fn, x, (8, 8), {False, True}, mirror="both")
+    assert fn.slices == 4 * 3  # plain, left-right, up-down, both; the plain one reused
+    np.testing.assert_allclose(both[False], probabilities(CountingLogits(), x))
+    np.testing.assert_allclose(both[True], probabilities(CountingLogits(), x, tta=True,
+                                                         mirror="both"), atol=1e-6)
+
+
 def test_single_tta_setting_is_one_call_of_inference():
     x = np.random.default_rng(1).standard_normal((3, 1, 8, 8)).astype(np.float32)
     fn = CountingLogits()
@@ -287,6 +297,13 @@ def test_cli_evaluate_writes_outputs_and_refuses_to_overwrite(synth_root, tiny_c
     again = run_cli("evaluate", synth_root, "-o", out, "--model", tiny_checkpoint)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+
+    mirrored = run_cli("evaluate", synth_root, "-o", out, "--model", tiny_checkpoint, "--cases",
+                       case, "--tta", "--tta-mirror", "both", "--no-variants", "--overwrite")
+    assert mirrored.returncode == 0, mirrored.stderr
+    summary = strict_json((out / "summary.json").read_text())
+    assert summary["config"]["post"]["tta_mirror"] == "both"
+    assert summary["config"]["network_passes_per_slice"] == 4
 
 
 def test_cli_evaluate_bad_inputs_are_one_line_errors(synth_root, tiny_checkpoint, tmp_path,

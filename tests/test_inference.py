@@ -10,7 +10,14 @@ import gliomaseg
 from gliomaseg.checkpoint import CheckpointError
 from gliomaseg.config import PostConfig
 from gliomaseg.data import DataError, read_patient
-from gliomaseg.inference import as_volume, postprocess, segment, torch_logits_fn, use_bf16
+from gliomaseg.inference import (
+    as_volume,
+    postprocess,
+    segment,
+    torch_logits_fn,
+    use_bf16,
+    volume_logits,
+)
 from gliomaseg.preprocess import prepare_volume
 
 
@@ -117,6 +124,23 @@ def test_load_model_rejects_bad_inputs(tiny_checkpoint, tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable"):
         gliomaseg.load_model(junk)
+
+
+def test_tta_averages_the_flipped_back_logits_of_each_mirror():
+    """A 'network' that returns its input: every flip is undone, so TTA changes nothing,
+    and a wrong inverse (or a flip of the wrong axis) would show."""
+    x = np.random.default_rng(0).standard_normal((3, 1, 6, 6)).astype(np.float32)
+    identity = lambda b: b  # noqa: E731
+    for mirror in ("left-right", "both"):
+        np.testing.assert_allclose(volume_logits(identity, x, 2, tta=True, mirror=mirror),
+                                   x[:, 0], atol=1e-6)
+    # Up-down is averaged only with "both": a 'network' that sees its input's row ramp.
+    rows = lambda b: np.broadcast_to(np.arange(b.shape[-2], dtype=np.float32)[:, None],  # noqa: E731
+                                     b.shape).copy()
+    lr = volume_logits(rows, x, tta=True, mirror="left-right")
+    ud = volume_logits(rows, x, tta=True, mirror="both")
+    np.testing.assert_allclose(lr[0, :, 0], np.arange(6))
+    np.testing.assert_allclose(ud[0, :, 0], np.full(6, 2.5))
 
 
 def test_largest_component_by_probability_mass_or_by_voxels():

@@ -83,7 +83,7 @@ def test_patient_folder_with_spacing(synth_root, tiny_checkpoint, tmp_path, caps
     before = snapshot(synth_root)
     out = tmp_path / "out"
     args = ["predict", str(folder), "-o", str(out), "--model", str(tiny_checkpoint),
-            "--spacing", "0.5", "0.5", "2.0", "--tta"]
+            "--spacing", "0.5", "0.5", "2.0", "--tta", "--tta-mirror", "both"]
     assert main(args) == 0
     assert snapshot(synth_root) == before
     (row,) = read_csv(out / "predictions.csv")
@@ -94,7 +94,9 @@ def test_patient_folder_with_spacing(synth_root, tiny_checkpoint, tmp_path, caps
     assert nii.header.get_xyzt_units()[0] == "mm"
     side = json.loads((out / f"{folder.name}.json").read_text())
     assert side["spacing_mm"] == [0.5, 0.5, 2.0] and side["model"]["post"]["tta"] is True
-    tta = gliomaseg.load_model(tiny_checkpoint).predict(folder, post=PostConfig(tta=True))
+    assert side["model"]["post"]["tta_mirror"] == "both"
+    tta = gliomaseg.load_model(tiny_checkpoint).predict(folder, post=PostConfig(
+        tta=True, tta_mirror="both"))
     np.testing.assert_array_equal(np.asarray(nii.dataobj), tta.mask.transpose(1, 2, 0))
     assert len(list((out / folder.name).glob("*_mask.tif"))) == 12
 

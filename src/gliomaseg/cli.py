@@ -272,7 +272,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ensure_output(args.output, args.overwrite,
                   [args.input if args.input.is_dir() else args.input.parent])
     model = load_model(args.model, backend=args.backend)
-    post = chosen_post(model.cfg.post, tta=args.tta)
+    post = chosen_post(model.cfg.post, tta=args.tta, tta_mirror=args.tta_mirror)
     for note in filter(None, (channel_note(j.volume, model.cfg.data) for j in jobs if j.volume)):
         print(f"note: {note}", file=sys.stderr)
     report = run(model, jobs, args.output, post,
@@ -379,7 +379,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       fp32=not args.as_validated) for run in args.cv or []]
     model = models[0] if models else load_for_evaluation(args.model, backend=args.backend,
                                                           fp32=not args.as_validated)
-    posts = [chosen_post(m.cfg.post, tta=args.tta, largest_component=args.largest_component,
+    posts = [chosen_post(m.cfg.post, tta=args.tta, tta_mirror=args.tta_mirror,
+                         largest_component=args.largest_component,
                          min_size=args.min_size, largest_by=args.largest_by,
                          fill_holes=args.fill_holes)
              for m in models or [model]]
@@ -646,13 +647,21 @@ every channel; a FLAIR-only model (--set data.channels=flair) fits such input be
     p.add_argument("--model", type=Path, help="checkpoint .pt or exported .onnx (default: bundled)")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help=BACKEND_HELP)
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                   help="average with the left-right flip (default: the model's setting)")
+    _add_tta(p)
     p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
                    help="voxel size in mm for the NIfTI and the mm^3 volumes (default: unknown; "
                         "NIfTI inputs use their own)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+
+def _add_tta(p) -> None:
+    """--tta and --tta-mirror, shared by predict and evaluate; None keeps the model's."""
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="average with the left-right flip (default: the model's setting)")
+    p.add_argument("--tta-mirror", choices=["left-right", "both"],
+                   help="with TTA: flip left-right (2 passes) or also up-down (4, nnU-Net's 2D "
+                        "mirroring) (default: the model's setting)")
 
 
 def _parser_bundle(sub) -> None:
@@ -728,8 +737,7 @@ HD95 is in mm (from the header's voxel size); volumes are in voxels, as for the 
                    help="cross-validation of an ensemble file (no MODEL: the bundled model): "
                         "each of its networks scores the validation patients its training run "
                         "recorded, as with --cv on the runs it was bundled from")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                   help="average with the left-right flip (default: the model's setting)")
+    _add_tta(p)
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
                    help="keep only the largest 3D connected component per patient "
                         "(default: the model's setting)")

@@ -93,6 +93,11 @@ class TrainConfig:
 class PostConfig:
     threshold: float = 0.5
     tta: bool = False  # average over flips at test time
+    # Which flips: "left-right" (2 passes) or "both" axes, nnU-Net's 2D mirroring (4 passes).
+    # Left-right: axial brain slices are near-symmetric left-right, not up-down; on the
+    # bundled networks' own folds "both" did not score higher (MODEL.md, "Flip TTA on both
+    # axes").
+    tta_mirror: Literal["left-right", "both"] = "left-right"
     largest_component: bool = True  # keep only the largest 3D component per patient (README)
     # "Largest" by summed probability (mass) or by voxel count. Mass: on the 81-patient
     # cross-validation it changed one patient, whose largest-by-voxels component was a
@@ -178,6 +183,8 @@ def validate(cfg: Config) -> Config:
         (0.0 < cfg.post.threshold < 1.0, "post.threshold must be in (0, 1)"),
         (cfg.post.largest_by in ("probability", "voxels"),
          "post.largest_by must be 'probability' or 'voxels'"),
+        (cfg.post.tta_mirror in ("left-right", "both"),
+         "post.tta_mirror must be 'left-right' or 'both'"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.budget_clock in ("wall", "cpu"), "train.budget_clock must be 'wall' or 'cpu'"),
     ]

@@ -27,9 +27,11 @@ from .checkpoint import CheckpointError, load_checkpoint, member_states, model_f
 from .config import Config, PostConfig
 from .data import DataError, find_patients, iter_patients, list_slices
 from .inference import (
+    MIRRORS,
     LogitsFn,
     bundled_model_path,
     load_model,
+    mirrored_logits,
     postprocess,
     probabilities,
     read_onnx_metadata,
@@ -37,7 +39,6 @@ from .inference import (
     to_native,
     torch_logits_fn,
     use_bf16,
-    volume_logits,
 )
 from .nifti import find_labels, is_nifti, read_nifti
 from .preprocess import prepare_volume
@@ -104,7 +105,7 @@ def standard_variants(post: PostConfig) -> list[Variant]:
     All share `post`'s threshold, so the table isolates the effect of each option.
     """
     plain = PostConfig(threshold=post.threshold, tta=False, largest_component=False, min_size=0,
-                       fill_holes=False, largest_by=post.largest_by)
+                       fill_holes=False, largest_by=post.largest_by, tta_mirror=post.tta_mirror)
     other = "voxels" if post.largest_by == "probability" else "probability"
     size = post.min_size or VARIANT_MIN_SIZE
     variants = [
@@ -134,7 +135,7 @@ def post_grid(post: PostConfig, thresholds: tuple[float, ...] = GRID_THRESHOLDS,
     for tta, (largest, by), min_size, threshold in itertools.product(
             (False, True), rules, (0, size), thresholds):
         p = PostConfig(threshold=threshold, tta=tta, largest_component=largest, largest_by=by,
-                       min_size=min_size, fill_holes=False)
+                       min_size=min_size, fill_holes=False, tta_mirror=post.tta_mirror)
         name = " ".join([f"t{threshold:g}"] + (["+TTA"] if tta else [])
                         + ([f"+largest by {by}"] if largest else [])
                         + ([f"+min size {min_size}"] if min_size else []))
@@ -180,20 +181,21 @@ def _mean(values: list[float]) -> float:
 
 
 def native_probabilities(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
-                         tta_settings: set[bool], batch_size: int = 16) -> dict[bool, np.ndarray]:
+                         tta_settings: set[bool], batch_size: int = 16,
+                         mirror: str = "left-right") -> dict[bool, np.ndarray]:
     """{tta: probabilities (S, H, W) on the native grid} for each requested TTA setting.
 
-    With both settings the network runs twice (image and its flip), not three times:
-    the plain logits are reused in the TTA average. A test checks that this equals
-    `inference.probabilities(..., tta=True)` exactly.
+    With both settings the network runs once per flip of MIRRORS[mirror] (the identity
+    included), not once more for the plain setting: its logits are reused in the TTA
+    average. A test checks that this equals `inference.probabilities(..., tta=True)`.
     """
     if len(tta_settings) == 1:
         tta = next(iter(tta_settings))
-        return {tta: to_native(probabilities(logits_fn, x, batch_size, tta=tta), native_shape)}
-    plain = volume_logits(logits_fn, x, batch_size)
-    flipped = volume_logits(logits_fn, np.ascontiguousarray(x[..., ::-1]), batch_size)[..., ::-1]
-    return {False: to_native(sigmoid(plain), native_shape),
-            True: to_native(sigmoid(0.5 * (plain + flipped)), native_shape)}
+        return {tta: to_native(probabilities(logits_fn, x, batch_size, tta=tta, mirror=mirror),
+                               native_shape)}
+    logits = mirrored_logits(logits_fn, x, batch_size, mirror)
+    return {False: to_native(sigmoid(logits[0]), native_shape),
+            True: to_native(sigmoid(np.mean(logits, axis=0)), native_shape)}
 
 
 def score_case(case: str, truth: np.ndarray, probs: dict[bool, np.ndarray], post: PostConfig,
@@ -272,6 +274,8 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
         spacing = None  # kaggle_3m slices carry no voxel size
     variant_list = standard_variants(post) if variants else []
     scored = variant_list + list(candidates or [])
+    if any(v.post.tta_mirror != post.tta_mirror for v in scored):
+        raise ValueError("variants must share post.tta_mirror: their probabilities are shared")
     tta_settings = {post.tta} | {v.post.tta for v in scored}
     results, start = [], time.perf_counter()
     for patient in tqdm(patients, total=len(names), desc="evaluate", unit="patient",
@@ -279,7 +283,7 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
         t0 = time.perf_counter()
         x = prepare_volume(patient.image, cfg.data)
         probs = native_probabilities(logits_fn, x, patient.mask.shape[1:], tta_settings,
-                                     batch_size)
+                                     batch_size, mirror=post.tta_mirror)
         result = score_case(patient.case, patient.mask, probs, post, scored,
                             site=patient.site, folder=Path(data) if nifti_input
                             else patient.image_paths[0].parent, spacing=spacing)
@@ -287,7 +291,8 @@ def evaluate(data: Path, logits_fn: LogitsFn, cfg: Config, post: PostConfig | No
         result.seconds = time.perf_counter() - t0
         results.append(result)
     settings = {"batch_size": batch_size, "threads": torch.get_num_threads(),
-                "network_passes_per_slice": 2 if True in tta_settings else 1,
+                "network_passes_per_slice":
+                    len(MIRRORS[post.tta_mirror]) if True in tta_settings else 1,
                 **(settings or {})}
     return Evaluation(data=Path(data), cfg=cfg, post=post, variants=variant_list, cases=results,
                       seconds=time.perf_counter() - start, settings=settings,
@@ -572,5 +577,6 @@ def _read_run_json(path: Path) -> dict | None:
 
 def chosen_post(post: PostConfig, **choices) -> PostConfig:
     """The model's own post-processing with the command-line choices: PostConfig fields
-    (tta, largest_component, min_size, largest_by, fill_holes); None keeps the model's."""
+    (tta, tta_mirror, largest_component, min_size, largest_by, fill_holes); None keeps the
+    model's."""
     return replace(post, **{k: v for k, v in choices.items() if v is not None})

@@ -57,28 +57,44 @@ def torch_logits_fn(model: torch.nn.Module, bf16: bool = False,
     return run
 
 
+# Test-time flips as (flip rows, flip columns), the identity first; each is its own inverse.
+MIRRORS = {"left-right": ((False, False), (False, True)),
+           "both": ((False, False), (False, True), (True, False), (True, True))}
+
+
+def flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:
+    """`a` (..., H, W) flipped up-down (`rows`) and/or left-right (`cols`)."""
+    return a[..., ::-1 if rows else 1, ::-1 if cols else 1]
+
+
+def mirrored_logits(logits_fn: LogitsFn, x: np.ndarray, batch_size: int = 16,
+                    mirror: str = "left-right") -> list[np.ndarray]:
+    """Logits (S, H, W) of a prepared volume x (S, C, H, W) under each flip of
+    MIRRORS[mirror], each flipped back; the first is the plain pass."""
+    return [flip(volume_logits(logits_fn, np.ascontiguousarray(flip(x, *f)), batch_size), *f)
+            for f in MIRRORS[mirror]]
+
+
 def volume_logits(logits_fn: LogitsFn, x: np.ndarray, batch_size: int = 16,
-                  tta: bool = False) -> np.ndarray:
+                  tta: bool = False, mirror: str = "left-right") -> np.ndarray:
     """Logits (S, H, W) of a prepared volume x (S, C, H, W), in batches of slices.
 
-    With `tta`, the logits of the image and of its left-right flip are averaged
-    (flipped back).
+    With `tta`, the logits of the image and of its flips (MIRRORS[mirror], flipped
+    back) are averaged.
     """
+    if tta:
+        return np.mean(mirrored_logits(logits_fn, x, batch_size, mirror), axis=0)
     out = np.empty((x.shape[0], *x.shape[2:]), dtype=np.float32)
     for start in range(0, x.shape[0], batch_size):
         batch = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
-        logits = logits_fn(batch)[:, 0]
-        if tta:
-            flipped = logits_fn(np.ascontiguousarray(batch[..., ::-1]))[:, 0, :, ::-1]
-            logits = 0.5 * (logits + flipped)
-        out[start:start + batch_size] = logits
+        out[start:start + batch_size] = logits_fn(batch)[:, 0]
     return out
 
 
 def probabilities(logits_fn: LogitsFn, x: np.ndarray, batch_size: int = 16,
-                  tta: bool = False) -> np.ndarray:
+                  tta: bool = False, mirror: str = "left-right") -> np.ndarray:
     """Sigmoid probabilities (S, H, W) of a prepared volume x (S, C, H, W)."""
-    return sigmoid(volume_logits(logits_fn, x, batch_size, tta))
+    return sigmoid(volume_logits(logits_fn, x, batch_size, tta, mirror))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -135,8 +151,8 @@ def heaviest_component(mask: np.ndarray, probs: np.ndarray) -> np.ndarray:
 def segment(logits_fn: LogitsFn, x: np.ndarray, native_shape: tuple[int, int],
             post: PostConfig, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Prepared volume (S, C, h, w) -> (mask (S, H, W) uint8 {0,1}, probabilities (S, H, W))."""
-    probs = to_native(probabilities(logits_fn, x, batch_size=batch_size, tta=post.tta),
-                      native_shape)
+    probs = to_native(probabilities(logits_fn, x, batch_size=batch_size, tta=post.tta,
+                                    mirror=post.tta_mirror), native_shape)
     return postprocess(probs, post), probs
 
 
