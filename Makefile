@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install model cv seeds restart seedpairs variant ensemble nested wide clean
+.PHONY: demo test lint install model cv seeds restart seedpairs variant ensemble nested singles wide clean
 
 # `make model DATA=~/data/lgg/kaggle_3m`: retrain the bundled model from scratch (see MODEL.md).
 DATA ?= kaggle_3m
@@ -232,6 +232,18 @@ $(RUN)-outer$(1).pt: $(foreach p,$(call pairs_of,$(1)),$(KEPT)/pair$(p).pt)
 	$(BIN)/gliomaseg bundle $$^ --post configs/bundled-post.json -o $$@ --overwrite
 endef
 $(foreach k,$(FOLDS),$(eval $(call outer_rule,$(k))))
+
+# `make singles DATA=...`: each kept pair network alone, on the two folds it never saw, compared
+# per patient with the bundled networks (MODEL.md, "One network on fewer patients"): what a
+# quarter fewer training patients cost one network, and what the outer ensembles of `make
+# nested` gain over their own members. Trains nothing; about 15 minutes on 2 cores.
+PAIRS := $(patsubst $(KEPT)/pair%.pt,%,$(wildcard $(KEPT)/pair*.pt))
+
+singles: $(foreach p,$(PAIRS),$(RUN)-single$(p)/summary.json) $(RUN)-members-cv/summary.json
+	$(foreach p,$(PAIRS),$(call COMPARE,$(RUN)-members-cv,$(RUN)-single$(p)) &&) true
+
+$(RUN)-single%/summary.json: $(KEPT)/pair%.pt | $(STAMP)
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $< $(POST) -o $(RUN)-single$* --overwrite
 
 # No prerequisite but the split: a kept network is never retrained because a run folder is gone.
 $(KEPT)/pair%.pt: | $(RUN)-splits.json

@@ -165,6 +165,23 @@ def test_nested_does_not_retrain_a_kept_network(tmp_path):
     assert " ".join(f"{kept}/pair{p}.pt" for p in ("0-1", "1-2", "1-3", "1-4")) in joined
 
 
+def test_singles_scores_each_kept_network_alone_on_the_folds_it_never_saw(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for p in ("0-1", "2-4"):
+        (kept / f"pair{p}.pt").touch()
+    lines = dry_run(tmp_path, "singles", f"KEPT={kept}")
+    run = f"{tmp_path}/r"
+    assert not [line for line in lines if " train " in line]
+    compares = " ".join(line for line in lines if " compare " in line)
+    for p in ("0-1", "2-4"):
+        scored = next(line for line in lines if f"-o {run}-single{p} " in line)
+        assert f"evaluate data --cv {kept}/pair{p}.pt --tta " in scored
+        assert "--nested-post" not in scored  # one network: no other folds to choose on
+        assert f"compare {run}-members-cv {run}-single{p} --variant plain" in compares
+    assert any("--cv-members" in line and f"-o {run}-members-cv " in line for line in lines)
+
+
 def test_no_trained_network_is_removed_as_an_intermediate(tmp_path):
     lines = dry_run(tmp_path, "model", "seeds", "restart", "seedpairs", "wide", "nested")
     assert not [line for line in lines if line.startswith("rm ")]
