@@ -236,7 +236,8 @@ $(foreach k,$(FOLDS),$(eval $(call outer_rule,$(k))))
 # `make singles DATA=...`: each kept pair network alone, on the two folds it never saw, compared
 # per patient with the bundled networks (MODEL.md, "One network on fewer patients"): what a
 # quarter fewer training patients cost one network, and what the outer ensembles of `make
-# nested` gain over their own members. Trains nothing; about 15 minutes on 2 cores.
+# nested` gain over their own members. Trains nothing; about 90 s per network on 2 cores, one
+# at a time.
 PAIRS := $(patsubst $(KEPT)/pair%.pt,%,$(wildcard $(KEPT)/pair*.pt))
 
 singles: $(foreach p,$(PAIRS),$(RUN)-single$(p)/summary.json) $(RUN)-members-cv/summary.json
