@@ -422,7 +422,7 @@ TTA_WORDS = {"left-right": "flip TTA", "both": "flip TTA on both axes"}
 def _post_text(post: dict) -> str:
     """The post-processing settings in words, e.g. 'threshold 0.5, flip TTA'."""
     return ", ".join([f"threshold {post['threshold']}"]
-                     + ([TTA_WORDS[post.get("tta_mirror", "left-right")]] if post["tta"] else [])
+                     + ([TTA_WORDS[post["tta_mirror"]]] if post["tta"] else [])
                      + ([f"largest 3D component (by {post['largest_by']})"]
                         if post["largest_component"] else [])
                      + ([f"min size {post['min_size']} voxels"] if post["min_size"] else [])
