@@ -130,15 +130,19 @@ def test_tta_averages_the_flipped_back_logits_of_each_mirror():
     """A 'network' that returns its input: every flip is undone, so TTA changes nothing,
     and a wrong inverse (or a flip of the wrong axis) would show."""
     x = np.random.default_rng(0).standard_normal((3, 1, 6, 6)).astype(np.float32)
-    identity = lambda b: b  # noqa: E731
+
+    def identity(b):
+        return b
+
+    def row_index(b):  # ignores its input: each pixel's logit is its row number
+        return np.broadcast_to(np.arange(b.shape[-2], dtype=np.float32)[:, None], b.shape)
+
     for mirror in ("left-right", "both"):
         np.testing.assert_allclose(volume_logits(identity, x, 2, tta=True, mirror=mirror),
                                    x[:, 0], atol=1e-6)
-    # Up-down is averaged only with "both": a 'network' that sees its input's row ramp.
-    rows = lambda b: np.broadcast_to(np.arange(b.shape[-2], dtype=np.float32)[:, None],  # noqa: E731
-                                     b.shape).copy()
-    lr = volume_logits(rows, x, tta=True, mirror="left-right")
-    ud = volume_logits(rows, x, tta=True, mirror="both")
+    # Up-down is averaged only with "both": flipped back, the row numbers run the other way.
+    lr = volume_logits(row_index, x, tta=True, mirror="left-right")
+    ud = volume_logits(row_index, x, tta=True, mirror="both")
     np.testing.assert_allclose(lr[0, :, 0], np.arange(6))
     np.testing.assert_allclose(ud[0, :, 0], np.full(6, 2.5))
 
