@@ -16,7 +16,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 import nibabel as nib
 import numpy as np
 import pytest

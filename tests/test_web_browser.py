@@ -19,7 +19,7 @@ import zipfile
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 from gliomaseg.inference import load_model
