@@ -47,3 +47,21 @@ def test_ensemble_averages_the_logits_of_its_members():
         expected = torch.stack([m(x) for m in ensemble.members]).mean(dim=0)
         torch.testing.assert_close(ensemble(x), expected)
         assert not torch.allclose(ensemble.members[0](x), expected)  # members differ
+
+
+def test_deep_supervision_adds_half_and_quarter_logits_in_training_only():
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_filters=4, depth=3, deep_supervision=True)
+    model = build_model(2, cfg).train()
+    outs = model(torch.randn(2, 2, 64, 64))
+    assert [tuple(o.shape) for o in outs] == [(2, 1, 64, 64), (2, 1, 32, 32), (2, 1, 16, 16)]
+    model.eval()
+    x = torch.randn(1, 2, 64, 64)
+    assert model(x).shape == (1, 1, 64, 64)  # inference and export see one logit map
+    # the extra heads are all it adds: the same seed builds the same network around them
+    torch.manual_seed(1)
+    plain = build_model(2, ModelConfig(base_filters=4, depth=3)).eval()
+    torch.manual_seed(1)
+    deep = build_model(2, cfg).eval()
+    torch.testing.assert_close(deep(x), plain(x))
+    assert count_parameters(deep) - count_parameters(plain) == 8 + 16 + 2

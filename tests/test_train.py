@@ -289,3 +289,15 @@ def test_fine_tuning_starts_from_the_given_weights(synth_root, tiny_run, tmp_pat
     assert saved["model"] == start["config"]["model"]
     # one step at a tiny learning rate: the score is the starting model's, far above chance
     assert result["best_dice"] == pytest.approx(start["best_dice"], abs=0.05)
+
+
+def test_deep_supervision_run_trains_and_its_checkpoint_predicts_one_map(synth_root, tmp_path):
+    cases = list_cases(synth_root)
+    cfg = TINY.replace(model={"deep_supervision": True},
+                       train={"max_epochs": 2, "steps_per_epoch": 5})
+    train(synth_root, tmp_path / "ds", cfg, cases[:3], cases[3:], use_cache=False)
+    rows = read_rows(tmp_path / "ds")
+    assert len(rows) == 2 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    model, saved = model_from_checkpoint(load_checkpoint(tmp_path / "ds" / "best.pt"))
+    assert saved.model.deep_supervision and len(model.aux_heads) == 2
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)

@@ -45,6 +45,11 @@ class ModelConfig:
     # U-Nets whose logits are averaged. Ensembles are joined from separately trained runs
     # (`gliomaseg bundle RUN...`); a run trains one network.
     members: int = 1
+    # Deep supervision (nnU-Net): while training, 1x1 heads on the decoder's half- and
+    # quarter-resolution outputs are scored too (loss weights 4:2:1 from full resolution
+    # down), which gives the deep layers a direct gradient. Inference uses the full-resolution
+    # head only; the two extra heads add 50 parameters.
+    deep_supervision: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,25 @@
 Dice is computed over the whole batch (`batch=True`) rather than per image,
 because most slices hold no tumour and a per-image soft Dice on an empty slice
 is either undefined or rewards predicting nothing.
+
+MONAI's DeepSupervisionLoss scores a deeply supervised network's list of logits (full
+resolution first) against the target resized by nearest neighbour; a single tensor is
+scored as it is. Its weights are normalised to sum 1, as nnU-Net does, so deep
+supervision does not change the loss's scale against weight decay.
 """
 
 from __future__ import annotations
 
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch import nn
 
 from .config import TrainConfig
 
+DEEP_WEIGHTS = (4 / 7, 2 / 7, 1 / 7)  # full, half, quarter resolution (model.UNet)
+
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
-    """Loss(logits (N, 1, H, W), target (N, 1, H, W) in {0, 1}) -> scalar."""
-    return DiceCELoss(sigmoid=True, batch=True, lambda_dice=cfg.dice_weight,
-                      lambda_ce=cfg.bce_weight)
+    """Loss(logits (N, 1, H, W) or a list of them, target (N, 1, H, W) in {0, 1}) -> scalar."""
+    dice_ce = DiceCELoss(sigmoid=True, batch=True, lambda_dice=cfg.dice_weight,
+                         lambda_ce=cfg.bce_weight)
+    return DeepSupervisionLoss(dice_ce, weights=list(DEEP_WEIGHTS))

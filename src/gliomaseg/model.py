@@ -27,7 +27,13 @@ def conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """in (N, in_channels, H, W) -> logits (N, 1, H, W); H and W multiples of 2**depth."""
+    """in (N, in_channels, H, W) -> logits (N, 1, H, W); H and W multiples of 2**depth.
+
+    With `cfg.deep_supervision`, a network in training mode returns a list instead: the
+    logits at full, half and quarter resolution, for `losses.build_loss` (nnU-Net's design).
+    In eval mode it always returns the full-resolution logits, so inference and export do
+    not change.
+    """
 
     def __init__(self, in_channels: int, cfg: ModelConfig):
         super().__init__()
@@ -45,17 +51,27 @@ class UNet(nn.Module):
             self.up.append(nn.ConvTranspose2d(w_low, w, 2, stride=2))
             self.decoder.append(conv_block(2 * w, w, cfg.dropout))
         self.head = nn.Conv2d(widths[0], 1, 1)
+        # Heads on the decoder outputs at half and quarter resolution (the lowest decoder
+        # level is left out, as in nnU-Net: at 1/8 of a 128-pixel crop a tumour is a few pixels).
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(w, 1, 1) for w in widths[1:3]) if cfg.deep_supervision else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = []
         for block in self.encoder:
             x = block(x)
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        decoded = []
         for up, block, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+            decoded.append(x)
+        if self.aux_heads is None or not self.training:
+            return self.head(x)
+        # decoded[-1] is full resolution, decoded[-2] half, decoded[-3] quarter.
+        return [self.head(x)] + [head(f) for head, f in zip(self.aux_heads, decoded[-2:-4:-1],
+                                                            strict=True)]
 
 
 class Ensemble(nn.Module):

@@ -229,7 +229,7 @@ def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, aut
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            loss = loss_fn(net(x).float(), y)
+            loss = loss_fn(net(x), y)  # the loss casts bf16 logits to fp32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
