@@ -42,6 +42,12 @@ def test_bad_overrides(override):
         load_config(None, [override])
 
 
+def test_deep_supervision_needs_a_quarter_resolution_level():
+    with pytest.raises(ConfigError, match="depth >= 3"):
+        load_config(None, ["model.depth=2", "model.deep_supervision=true"])
+    assert load_config(None, ["model.depth=3", "model.deep_supervision=true"]).model.depth == 3
+
+
 def test_in_channels_counts_context():
     assert Config().replace(data={"context": 2, "channels": "rgb"}).data.in_channels == 15
     assert Config().replace(data={"context": 1, "channels": "flair"}).data.in_channels == 3

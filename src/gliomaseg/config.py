@@ -185,6 +185,8 @@ def validate(cfg: Config) -> Config:
         (cfg.train.crop % 2**cfg.model.depth == 0, "train.crop must be a multiple of 2**model.depth"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (cfg.model.members >= 1, "model.members must be >= 1"),
+        (cfg.model.depth >= 3 or not cfg.model.deep_supervision,
+         "model.deep_supervision needs model.depth >= 3 (heads at half and quarter resolution)"),
         (0.0 < cfg.post.threshold < 1.0, "post.threshold must be in (0, 1)"),
         (cfg.post.largest_by in ("probability", "voxels"),
          "post.largest_by must be 'probability' or 'voxels'"),

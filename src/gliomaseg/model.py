@@ -63,15 +63,16 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        decoded = []
+        deep = self.aux_heads is not None and self.training
+        decoded = []  # kept only for deep supervision, so inference frees them as it goes
         for up, block, skip in zip(self.up, self.decoder, reversed(skips), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
-            decoded.append(x)
-        if self.aux_heads is None or not self.training:
+            if deep:
+                decoded.append(x)
+        if not deep:
             return self.head(x)
-        # decoded[-1] is full resolution, decoded[-2] half, decoded[-3] quarter.
-        return [self.head(x)] + [head(f) for head, f in zip(self.aux_heads, decoded[-2:-4:-1],
-                                                            strict=True)]
+        half, quarter = decoded[-2], decoded[-3]  # config.validate: depth >= 3
+        return [self.head(x), self.aux_heads[0](half), self.aux_heads[1](quarter)]
 
 
 class Ensemble(nn.Module):
