@@ -175,17 +175,19 @@ def test_context_model_exports_all_channels(tmp_path):
                                torch.from_numpy(torch_logits_fn(net)(x)), **TOL)
 
 
-def test_deep_supervision_model_exports_its_full_resolution_logits_only(tmp_path):
+@pytest.mark.parametrize("option", [{"deep_supervision": True}, {"block": "residual"}])
+def test_model_options_export_one_full_resolution_output_with_parity(option, tmp_path):
+    """Deep supervision's extra heads are training-only; residual shortcuts export as Adds."""
     cfg = Config().replace(data={"size": 32, "context": 0}, model={
-        "base_filters": 4, "depth": 2, "deep_supervision": True})
+        "base_filters": 4, "depth": 2, **option})
     torch.manual_seed(0)
     net = build_model(cfg.data.in_channels, cfg.model).eval()
-    ckpt = tmp_path / "ds.pt"
+    ckpt = tmp_path / "net.pt"
     save_checkpoint(ckpt, {"model": net.state_dict(), "config": cfg.to_dict()})
-    export.export_checkpoint(ckpt, tmp_path / "ds.onnx")
-    assert len(onnx.load(str(tmp_path / "ds.onnx")).graph.output) == 1
+    export.export_checkpoint(ckpt, tmp_path / "net.onnx")
+    assert len(onnx.load(str(tmp_path / "net.onnx")).graph.output) == 1
     x = np.random.default_rng(0).normal(size=(2, cfg.data.in_channels, 32, 32)).astype(np.float32)
-    torch.testing.assert_close(torch.from_numpy(onnx_logits_fn(tmp_path / "ds.onnx")(x)),
+    torch.testing.assert_close(torch.from_numpy(onnx_logits_fn(tmp_path / "net.onnx")(x)),
                                torch.from_numpy(torch_logits_fn(net)(x)), **TOL)
 
 

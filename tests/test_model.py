@@ -65,3 +65,25 @@ def test_deep_supervision_adds_half_and_quarter_logits_in_training_only():
     deep = build_model(2, cfg).eval()
     torch.testing.assert_close(deep(x), plain(x))
     assert count_parameters(deep) - count_parameters(plain) == 8 + 16 + 2
+
+
+def test_residual_blocks_add_a_shortcut_around_the_same_convolutions():
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_filters=4, depth=2, block="residual")
+    model = build_model(1, cfg).eval()
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1, 32, 32)
+    block = model.encoder[1]  # 4 -> 8 filters: a 1x1 projection on the shortcut
+    assert block.shortcut[0].kernel_size == (1, 1)
+    # the only parameters added are the projections (1x1 conv + BN) where the width changes
+    plain = count_parameters(build_model(1, ModelConfig(base_filters=4, depth=2)))
+    projections = [(1, 4), (4, 8), (8, 16), (16, 8), (8, 4)]  # encoder, bottleneck, decoder
+    assert count_parameters(model) - plain == sum(cin * cout + 2 * cout for cin, cout in projections)
+    # the shortcut carries the input: with the convolution branch silenced (its last BN
+    # zeroed), a block is relu(projection(x))
+    block = model.decoder[0]
+    torch.nn.init.zeros_(block.body[-1].weight)
+    torch.nn.init.zeros_(block.body[-1].bias)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(block.shortcut(x)))
+        assert block(x).abs().sum() > 0

@@ -50,6 +50,10 @@ class ModelConfig:
     # down), which gives the deep layers a direct gradient. Inference uses the full-resolution
     # head only; the two extra heads add 50 parameters.
     deep_supervision: bool = False
+    # "plain": two conv-BN-ReLU per level (the classic U-Net). "residual": the same
+    # convolutions as ResNet basic blocks, with a shortcut around each pair (1x1 conv where
+    # the width changes), in encoder, bottleneck and decoder.
+    block: Literal["plain", "residual"] = "plain"
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,7 @@ def validate(cfg: Config) -> Config:
         (cfg.train.crop % 2**cfg.model.depth == 0, "train.crop must be a multiple of 2**model.depth"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
         (cfg.model.members >= 1, "model.members must be >= 1"),
+        (cfg.model.block in ("plain", "residual"), "model.block must be 'plain' or 'residual'"),
         (cfg.model.depth >= 3 or not cfg.model.deep_supervision,
          "model.deep_supervision needs model.depth >= 3 (heads at half and quarter resolution)"),
         (0.0 < cfg.post.threshold < 1.0, "post.threshold must be in (0, 1)"),

@@ -26,6 +26,25 @@ def conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ResidualBlock(nn.Module):
+    """ResNet's basic block: relu(conv_bn_relu_conv_bn(x) + shortcut(x)), (N, cin, H, W) -> (N, cout, H, W).
+
+    Same convolutions and receptive field as `conv_block`, plus the shortcut, the path
+    nnU-Net's residual-encoder presets credit for their gains. Every U-Net block changes
+    the width (the encoder doubles it, the decoder halves the concatenation), so the
+    shortcut is always a projection: 1x1 conv + BN.
+    """
+
+    def __init__(self, cin: int, cout: int, dropout: float):
+        super().__init__()
+        self.body = conv_block(cin, cout, dropout)[:-1]  # its last ReLU comes after the sum
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
 class UNet(nn.Module):
     """in (N, in_channels, H, W) -> logits (N, 1, H, W); H and W multiples of 2**depth.
 
@@ -38,18 +57,19 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, cfg: ModelConfig):
         super().__init__()
         widths = [cfg.base_filters * 2**i for i in range(cfg.depth + 1)]
+        block = ResidualBlock if cfg.block == "residual" else conv_block
         self.encoder = nn.ModuleList()
         cin = in_channels
         for w in widths[:-1]:
-            self.encoder.append(conv_block(cin, w, 0.0))  # no dropout where features are raw
+            self.encoder.append(block(cin, w, 0.0))  # no dropout where features are raw
             cin = w
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = conv_block(widths[-2], widths[-1], cfg.dropout)
+        self.bottleneck = block(widths[-2], widths[-1], cfg.dropout)
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for w_low, w in zip(widths[:0:-1], widths[-2::-1], strict=True):
             self.up.append(nn.ConvTranspose2d(w_low, w, 2, stride=2))
-            self.decoder.append(conv_block(2 * w, w, cfg.dropout))
+            self.decoder.append(block(2 * w, w, cfg.dropout))
         self.head = nn.Conv2d(widths[0], 1, 1)
         # Heads on the decoder outputs at half and quarter resolution (the lowest decoder
         # level is left out, as in nnU-Net: at 1/8 of a 128-pixel crop a tumour is a few pixels).
