@@ -74,7 +74,7 @@ def test_residual_blocks_add_a_shortcut_around_the_same_convolutions():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 1, 32, 32)
     block = model.encoder[1]  # 4 -> 8 filters: a 1x1 projection on the shortcut
     assert block.shortcut[0].kernel_size == (1, 1)
-    # the only parameters added are the projections (1x1 conv + BN) where the width changes
+    # the only parameters added are the projections (1x1 conv + BN), one per block
     plain = count_parameters(build_model(1, ModelConfig(base_filters=4, depth=2)))
     projections = [(1, 4), (4, 8), (8, 16), (16, 8), (8, 4)]  # encoder, bottleneck, decoder
     assert count_parameters(model) - plain == sum(cin * cout + 2 * cout for cin, cout in projections)
