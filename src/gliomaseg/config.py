@@ -52,7 +52,7 @@ class ModelConfig:
     deep_supervision: bool = False
     # "plain": two conv-BN-ReLU per level (the classic U-Net). "residual": the same
     # convolutions as ResNet basic blocks, with a 1x1 conv + BN shortcut around each pair, in
-    # encoder, bottleneck and decoder. Residual lost 0.013 on two folds (MODEL.md).
+    # encoder, bottleneck and decoder. Residual lost 0.011 on four folds (MODEL.md).
     block: Literal["plain", "residual"] = "plain"
 
 
