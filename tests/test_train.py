@@ -301,3 +301,46 @@ def test_deep_supervision_run_trains_and_its_checkpoint_predicts_one_map(synth_r
     model, saved = model_from_checkpoint(load_checkpoint(tmp_path / "ds" / "best.pt"))
     assert saved.model.deep_supervision and len(model.aux_heads) == 2
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def _float_weights(state):
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def test_ema_checkpoints_hold_the_average_of_the_steps_weights(synth_root, tmp_path):
+    """Decay 0.5 over two steps: the first update copies w1, the second gives (w1 + w2) / 2,
+    with w1 the weights after one step of the same run (no warm-up, so step 1 is identical)."""
+    cases = list_cases(synth_root)
+    one = TINY.replace(train={"max_epochs": 1, "steps_per_epoch": 1, "warmup_epochs": 0})
+    two = one.replace(train={"steps_per_epoch": 2, "ema_decay": 0.5})
+    train(synth_root, tmp_path / "one", one, cases[:3], cases[3:], use_cache=False)
+    train(synth_root, tmp_path / "two", two, cases[:3], cases[3:], use_cache=False)
+    w1 = _float_weights(load_checkpoint(tmp_path / "one" / "last.pt")["model"])
+    last = load_checkpoint(tmp_path / "two" / "last.pt")
+    w2 = _float_weights(last["train_model"])
+    average = _float_weights(last["model"])
+    assert last["ema_updates"] == 2
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    for k in w1:
+        torch.testing.assert_close(average[k], (w1[k] + w2[k]) / 2)
+    best = load_checkpoint(tmp_path / "two" / "best.pt")["model"]
+    for k in average:
+        torch.testing.assert_close(_float_weights(best)[k], average[k])
+
+
+def test_ema_run_stopped_and_resumed_equals_the_run_in_one_go(synth_root, tmp_path):
+    """The average survives a resume: had its update count been lost, the first update
+    after the resume would restart it from the current weights."""
+    cases = list_cases(synth_root)
+    cfg = TINY.replace(train={"max_epochs": 2, "steps_per_epoch": 3, "ema_decay": 0.9,
+                              "min_epochs": 1})
+    train(synth_root, tmp_path / "whole", cfg, cases[:3], cases[3:], use_cache=False)
+    stopped = train(synth_root, tmp_path / "cut", cfg, cases[:3], cases[3:], use_cache=False,
+                    trial=FakeTrial(prune=True))  # stops after epoch 1, as a kill would
+    assert stopped["pruned"] and len(read_rows(tmp_path / "cut")) == 1
+    train(synth_root, tmp_path / "cut", cfg, cases[:3], cases[3:], resume=True, use_cache=False)
+    a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("whole", "cut"))
+    assert a["ema_updates"] == b["ema_updates"] == 6
+    for key in ("model", "train_model"):
+        for k in a[key]:
+            torch.testing.assert_close(a[key][k], b[key][k])

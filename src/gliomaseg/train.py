@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -212,13 +213,15 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, autocast, lr_at,
-                first_step: int) -> tuple[float, float]:
+                first_step: int, ema: AveragedModel | None = None) -> tuple[float, float]:
     """One pass over `batches` (a progress bar over the loader); returns (mean training loss,
     last learning rate).
 
     `lr_at(step)` is the learning rate at the run's step `first_step`, `first_step + 1`, ...:
     it is set every step, so warm-up and cosine decay do not jump at epoch boundaries.
+    `ema`, if given, averages the weights after every step.
     """
+    model = net.module if isinstance(net, DistributedDataParallel) else net
     net.train()
     running, lr, steps = 0.0, 0.0, 0
     for steps, (x, y) in enumerate(batches, 1):
@@ -233,6 +236,8 @@ def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, aut
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         running += loss.item()
         batches.set_postfix(loss=f"{running / steps:.4f}")
     return running / max(steps, 1), lr
@@ -284,17 +289,23 @@ def run_config(cfg: Config, state: dict | None, start: dict | None) -> Config:
 
 
 def save_epoch(run_dir: Path, rows: list[dict], model, optimizer, cfg: Config,
-               progress: Progress, val_cases: list[str]) -> None:
+               progress: Progress, val_cases: list[str], ema: AveragedModel | None) -> None:
     """What a run writes after each epoch: metrics.csv and curves.png from `rows` (one per
-    epoch), last.pt (weights, optimizer, RNG, progress) and best.pt when it improved."""
+    epoch), last.pt (weights, optimizer, RNG, progress) and best.pt when it improved.
+
+    "model" is always the network that was validated: the average when `ema` is on, so
+    evaluation and bundling need not know; last.pt then also keeps the trained weights."""
     write_metrics(run_dir / "metrics.csv", rows)
     plot_curves(rows, run_dir / "curves.png")
-    ckpt = {"model": model.state_dict(), "config": cfg.to_dict(), "epoch": progress.epoch,
+    judged = model if ema is None else ema.module
+    ckpt = {"model": judged.state_dict(), "config": cfg.to_dict(), "epoch": progress.epoch,
             "best_dice": progress.best_dice, "best_epoch": progress.best_epoch,
             "val_cases": val_cases}
     if progress.best_epoch == progress.epoch:
         save_checkpoint(run_dir / "best.pt", ckpt)
-    save_checkpoint(run_dir / "last.pt", {**ckpt, "optimizer": optimizer.state_dict(),
+    extra = {} if ema is None else {"train_model": model.state_dict(),
+                                    "ema_updates": int(ema.n_averaged)}
+    save_checkpoint(run_dir / "last.pt", {**ckpt, **extra, "optimizer": optimizer.state_dict(),
                                           "torch_rng": torch.get_rng_state(),
                                           "bad_epochs": progress.bad_epochs,
                                           "elapsed": progress.elapsed})
@@ -311,10 +322,11 @@ def start_run(run_dir: Path, cfg: Config, data: Path, train_cases: list[str],
         indent=2))
 
 
-def build_training(cfg: Config, device: torch.device, state: dict | None,
-                   start: dict | None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    """The network and its Adam optimiser: fresh (seeded by `train.seed`), from the weights
-    of `start` (fine-tuning), or as `state` (a resumed last.pt) left them, RNG included."""
+def build_training(cfg: Config, device: torch.device, state: dict | None, start: dict | None
+                   ) -> tuple[torch.nn.Module, torch.optim.Optimizer, AveragedModel | None]:
+    """The network, its Adam optimiser and its weight average (None unless `train.ema_decay`):
+    fresh (seeded by `train.seed`), from the weights of `start` (fine-tuning), or as `state`
+    (a resumed last.pt) left them, RNG included."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.data.in_channels, cfg.model).to(device)
     if start is not None:
@@ -323,11 +335,19 @@ def build_training(cfg: Config, device: torch.device, state: dict | None,
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
                                  weight_decay=cfg.train.weight_decay)
+    ema = None
+    if cfg.train.ema_decay > 0:
+        # use_buffers: batch-norm statistics are averaged too, so they match the weights
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay),
+                            use_buffers=True)
     if state is not None:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-    return model, optimizer
+        if ema is not None:
+            ema.module.load_state_dict(state["model"])
+            ema.n_averaged.fill_(state["ema_updates"])  # else its next update restarts it
+    return model, optimizer, ema
 
 
 def stop_code(progress: Progress, dice: float, cfg: TrainConfig, trial, log) -> int:
@@ -362,7 +382,7 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
     if rank == 0:
         start_run(run_dir, cfg, data, train_cases, val_cases, world)
     log = Logger(run_dir / "train.log" if rank == 0 else None)
-    model, optimizer = build_training(cfg, device, state, start)
+    model, optimizer, ema = build_training(cfg, device, state, start)
     progress = Progress.from_checkpoint(state)
     if start is not None:
         log(f"starting from the weights of {init}")
@@ -404,9 +424,9 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
                    disable=rank != 0 or None)
         train_loss, lr = train_epoch(net, bar, optimizer, loss_fn, cfg, device, autocast,
-                                     lr_at, first_step=(epoch - 1) * steps_per_epoch)
+                                     lr_at, (epoch - 1) * steps_per_epoch, ema)
         if rank == 0:
-            val = validate(model, val_set, cfg, loss_fn)
+            val = validate(model if ema is None else ema.module, val_set, cfg, loss_fn)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             progress = progress.record(epoch, val["val_dice"],
                                        cpu if cfg.train.budget_clock == "cpu" else wall)
@@ -414,7 +434,7 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
                          **{k: round(v, 5) for k, v in val.items()},
                          "lr": f"{lr:.3g}", "seconds": round(wall, 1),
                          "cpu_seconds": round(cpu, 1)})
-            save_epoch(run_dir, rows, model, optimizer, cfg, progress, val_cases)
+            save_epoch(run_dir, rows, model, optimizer, cfg, progress, val_cases, ema)
             log(f"epoch {epoch}: loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  "
                 f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  ({wall:.1f} s)"
                 + ("  *best*" if progress.best_epoch == epoch else ""))
