@@ -268,13 +268,15 @@ def test_two_process_ddp_on_gloo(synth_root, tmp_path):
     # --standalone: a local rendezvous on a free port, so parallel runs cannot collide
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "gliomaseg.cli",
-           *map(str, _train_args(synth_root, run, 2))]
+           *map(str, _train_args(synth_root, run, 2)), "--set", "train.ema_decay=0.9"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
     assert len(read_rows(run)) == 2  # only rank 0 writes: one row per epoch
     model_from_checkpoint(load_checkpoint(run / "best.pt"))
+    # the weight average follows the unwrapped network, one update per step of each rank
+    assert load_checkpoint(run / "last.pt")["ema_updates"] == 2 * (TINY.train.steps_per_epoch // 2)
 
 
 def test_fine_tuning_starts_from_the_given_weights(synth_root, tiny_run, tmp_path):
