@@ -3,7 +3,8 @@
 Recipe: foreground-biased crops at native resolution with MONAI augmentations,
 Dice + BCE, Adam with warm-up and cosine decay, bf16 autocast and channels-last on
 CPU, validation PV-DSC on whole slices of held-out patients after every epoch,
-early stopping, `best.pt`/`last.pt` written atomically, resume after a kill.
+early stopping, an optional moving average of the weights (`train.ema_decay`),
+`best.pt`/`last.pt` written atomically, resume after a kill.
 The same command runs under `torchrun --nproc_per_node N` with DDP.
 
 Run folder: config.json, run.json (train/val patients), metrics.csv, curves.png,
