@@ -82,7 +82,7 @@ class AugmentConfig:
 class TrainConfig:
     seed: int = 0
     lr: float = 3.6e-3  # 2e-3 and 5e-3 each lost 0.005-0.006 on two folds (MODEL.md)
-    weight_decay: float = 3.02e-4  # Adam's L2; 0 lost 0.006 on two folds (MODEL.md)
+    weight_decay: float = 3.02e-4  # Adam's L2; 0 and 3e-3 lost 0.006 and 0.042 on two folds (MODEL.md)
     batch_size: int = 32  # 16 with twice the steps lost 0.004 on two folds (MODEL.md)
     # Training patch at native resolution; whole slices at test time. Whole slices (batch 8)
     # lost 0.069 on five folds, 160 (batch 20) 0.006 on two (MODEL.md).
