@@ -22,7 +22,9 @@ class DataConfig:
     # "flair": FLAIR only (grayscale input), "rgb": all three sequences. FLAIR won at 30 and
     # 60 CPU minutes (README) and does not depend on sequences some patients lack.
     channels: Literal["rgb", "flair"] = "flair"
-    size: int = 256  # model grid in pixels; slices are resized to size x size
+    # Model grid in pixels; slices are resized to size x size. 192 lost 0.015 on two folds
+    # (MODEL.md).
+    size: int = 256
     # 2.5D: neighbouring slices on each side (0 = plain 2D). 1 beat 0 on one fold (README);
     # configs/bundled.json uses 2, which beat 1 over five folds by a small margin (MODEL.md).
     context: int = 1
