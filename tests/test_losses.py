@@ -1,9 +1,9 @@
-"""Training loss: Dice + BCE on logits, with optional deep supervision."""
+"""Training loss: Dice + BCE (or focal) on logits, with optional deep supervision."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceFocalLoss
 
 from gliomaseg.config import TrainConfig
 from gliomaseg.losses import DEEP_WEIGHTS, build_loss
@@ -21,6 +21,18 @@ def test_one_logit_map_is_scored_by_weighted_dice_plus_bce():
     expected = DiceCELoss(sigmoid=True, batch=True, lambda_dice=1.5, lambda_ce=0.5)(
         logits, target())
     torch.testing.assert_close(build_loss(cfg)(logits, target()), expected)
+
+
+def test_focal_gamma_swaps_bce_for_focal_loss_which_discounts_easy_pixels():
+    logits = 4 * (2 * target() - 1)  # confidently right everywhere: easy pixels
+    logits[:, :, 0, 0] = 3.0  # one confidently wrong background pixel
+    cfg = TrainConfig(dice_weight=0.0, bce_weight=1.0, focal_gamma=2.0)
+    focal = build_loss(cfg)(logits, target())
+    expected = DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0, lambda_dice=0.0)(
+        logits, target())
+    torch.testing.assert_close(focal, expected)
+    bce = build_loss(TrainConfig(dice_weight=0.0, bce_weight=1.0))(logits, target())
+    assert focal < bce / 4  # the easy pixels' loss mostly vanishes
 
 
 def test_a_deep_supervision_list_sums_each_scale_against_the_downsized_target():

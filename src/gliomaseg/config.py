@@ -100,7 +100,10 @@ class TrainConfig:
     min_epochs: int = 3
     warmup_epochs: int = 1
     dice_weight: float = 1.168
-    bce_weight: float = 0.832
+    bce_weight: float = 0.832  # weight of the pixel-wise term: BCE, or focal loss if focal_gamma > 0
+    # Focal loss (Lin et al. 2017) in place of BCE: each pixel's BCE scaled by (1 - p_t)**gamma,
+    # which shrinks the easy background pixels' share. 0 is plain BCE.
+    focal_gamma: float = 0.0
     # bf16 autocast where bf16 is native (AVX-512 bf16 or AMX: about 4x the fp32 matmul rate;
     # GPUs); other CPUs emulate it at about a tenth of the fp32 rate, so they run fp32 instead
     # (inference.use_bf16).
@@ -220,6 +223,7 @@ def validate(cfg: Config) -> Config:
          "post.tta_mirror must be 'left-right' or 'both'"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+        (cfg.train.focal_gamma >= 0.0, "train.focal_gamma must be >= 0"),
         (cfg.train.budget_clock in ("wall", "cpu"), "train.budget_clock must be 'wall' or 'cpu'"),
     ]
     for ok, message in checks:

@@ -1,4 +1,4 @@
-"""Training loss: MONAI's Dice + BCE on logits.
+"""Training loss: MONAI's Dice + BCE (or Dice + focal) on logits.
 
 Dice is computed over the whole batch (`batch=True`) rather than per image,
 because most slices hold no tumour and a per-image soft Dice on an empty slice
@@ -12,7 +12,7 @@ supervision does not change the loss's scale against weight decay.
 
 from __future__ import annotations
 
-from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss
 from torch import nn
 
 from .config import TrainConfig
@@ -22,6 +22,10 @@ DEEP_WEIGHTS = (4 / 7, 2 / 7, 1 / 7)  # full, half, quarter resolution (model.UN
 
 def build_loss(cfg: TrainConfig) -> nn.Module:
     """Loss(logits (N, 1, H, W) or a list of them, target (N, 1, H, W) in {0, 1}) -> scalar."""
-    dice_ce = DiceCELoss(sigmoid=True, batch=True, lambda_dice=cfg.dice_weight,
-                         lambda_ce=cfg.bce_weight)
-    return DeepSupervisionLoss(dice_ce, weights=list(DEEP_WEIGHTS))
+    if cfg.focal_gamma > 0:
+        base: nn.Module = DiceFocalLoss(sigmoid=True, batch=True, gamma=cfg.focal_gamma,
+                                        lambda_dice=cfg.dice_weight, lambda_focal=cfg.bce_weight)
+    else:
+        base = DiceCELoss(sigmoid=True, batch=True, lambda_dice=cfg.dice_weight,
+                          lambda_ce=cfg.bce_weight)
+    return DeepSupervisionLoss(base, weights=list(DEEP_WEIGHTS))
