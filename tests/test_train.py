@@ -14,7 +14,7 @@ from conftest import TINY, run_cli
 from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config
 from gliomaseg.data import DataError, list_cases
-from gliomaseg.train import CropDataset, Progress, choose_cases, lr_factor, stop_code, train
+from gliomaseg.train import CropDataset, Progress, build_training, choose_cases, lr_factor, stop_code, train
 
 
 def read_rows(run):
@@ -123,6 +123,23 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(99, 100, 10) < 0.05
     assert lr_factor(20, 100, 10, time_used=1.0) == pytest.approx(0.01)  # time budget spent
     assert lr_factor(20, 100, 10, time_used=0.5) < lr_factor(20, 100, 10)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adamw_decouples_weight_decay_from_the_gradient(name):
+    """With no gradient from the loss, AdamW shrinks every weight by the factor 1 - lr * wd;
+    Adam's L2 term goes through its normalisation instead and moves each weight by about lr."""
+    cfg = Config().replace(train={"optimizer": name, "lr": 1e-2, "weight_decay": 0.1,
+                                  "channels_last": False})
+    model, optimizer, _ = build_training(cfg, torch.device("cpu"), None, None)
+    weight = next(p for p in model.parameters() if p.dim() == 4)
+    before = weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    decoupled = torch.allclose(weight, before * (1 - 1e-2 * 0.1))
+    assert decoupled == (name == "adamw")
+    assert isinstance(optimizer, torch.optim.AdamW) == (name == "adamw")
 
 
 def test_progress_counts_epochs_since_the_best_and_stops_on_patience_after_min_epochs():

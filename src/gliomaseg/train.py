@@ -325,7 +325,7 @@ def start_run(run_dir: Path, cfg: Config, data: Path, train_cases: list[str],
 
 def build_training(cfg: Config, device: torch.device, state: dict | None, start: dict | None
                    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, AveragedModel | None]:
-    """The network, its Adam optimiser and its weight average (None unless `train.ema_decay`):
+    """The network, its Adam (or AdamW) optimiser and its weight average (None unless `train.ema_decay`):
     fresh (seeded by `train.seed`), from the weights of `start` (fine-tuning), or as `state`
     (a resumed last.pt) left them, RNG included."""
     torch.manual_seed(cfg.train.seed)
@@ -334,8 +334,8 @@ def build_training(cfg: Config, device: torch.device, state: dict | None, start:
         model.load_state_dict(model_from_checkpoint(start)[0].state_dict())
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                 weight_decay=cfg.train.weight_decay)
+    adam = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    optimizer = adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     ema = None
     if cfg.train.ema_decay > 0:
         # use_buffers: batch-norm statistics are averaged too, so they match the weights
