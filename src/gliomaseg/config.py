@@ -189,9 +189,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
             continue
         kwargs[name] = _coerce(default, value, f"{where}.{name}")
-        choices = get_args(hints[name]) if get_origin(hints[name]) is Literal else (value,)
-        if value not in choices:
-            raise ConfigError(f"{where}.{name} must be one of {', '.join(map(repr, choices))}")
+        hint = hints[name]
+        if get_origin(hint) is Literal and value not in get_args(hint):
+            raise ConfigError(f"{where}.{name} must be one of {', '.join(map(repr, get_args(hint)))}")
     return cls(**kwargs)
 
 
