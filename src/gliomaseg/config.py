@@ -91,7 +91,7 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw"] = "adam"
     batch_size: int = 32  # 16 with twice the steps lost 0.004 on two folds (MODEL.md)
     # Training patch at native resolution; whole slices at test time. Whole slices (batch 8)
-    # lost 0.069 on five folds, 160 (batch 20) 0.006 on two (MODEL.md).
+    # lost 0.069 on five folds, 160 (batch 20) 0.006 and 96 (batch 57) 0.015 on two (MODEL.md).
     crop: int = 128
     # Share of patches centred near tumour. 0.8 lost 0.012 on five folds and nnU-Net's third
     # (0.33) lost 0.011 on two (MODEL.md).
