@@ -87,7 +87,8 @@ class TrainConfig:
     weight_decay: float = 3.02e-4  # Adam's L2; 0 and 3e-3 lost 0.006 and 0.042 on two folds (MODEL.md)
     # "adamw": weight decay decoupled from the gradient (Loshchilov & Hutter 2019), each step
     # shrinks the weights by lr * weight_decay whatever their gradient's scale; "adam" adds it
-    # to the gradient as L2, which Adam's normalisation then rescales per weight.
+    # to the gradient as L2, which Adam's normalisation then rescales per weight. AdamW with
+    # decay 0.01 lost 0.005 on two folds (MODEL.md).
     optimizer: Literal["adam", "adamw"] = "adam"
     batch_size: int = 32  # 16 with twice the steps lost 0.004 on two folds (MODEL.md)
     # Training patch at native resolution; whole slices at test time. Whole slices (batch 8)
