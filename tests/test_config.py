@@ -38,7 +38,8 @@ def test_overrides_and_file(tmp_path):
                                       "data.channels=t1", "post.threshold=1.5",
                                       "train.budget_clock=gpu", "post.tta_mirror=diagonal",
                                       "model.block=dense", "train.ema_decay=1", "train.ema_decay=-0.5",
-                                      "train.focal_gamma=-1", "train.optimizer=sgd"])
+                                      "train.focal_gamma=-1", "train.optimizer=rmsprop",
+                                      "train.momentum=1", "train.grad_clip=-1"])
 def test_bad_overrides(override):
     with pytest.raises(ConfigError):
         load_config(None, [override])

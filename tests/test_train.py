@@ -5,16 +5,28 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY, run_cli
+from tqdm import tqdm
 
 from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config
 from gliomaseg.data import DataError, list_cases
-from gliomaseg.train import CropDataset, Progress, build_training, choose_cases, lr_factor, stop_code, train
+from gliomaseg.train import (
+    CropDataset,
+    Progress,
+    build_optimizer,
+    build_training,
+    choose_cases,
+    lr_factor,
+    stop_code,
+    train,
+    train_epoch,
+)
 
 
 def read_rows(run):
@@ -140,6 +152,29 @@ def test_adamw_decouples_weight_decay_from_the_gradient(name):
     decoupled = torch.allclose(weight, before * (1 - 1e-2 * 0.1))
     assert decoupled == (name == "adamw")
     assert isinstance(optimizer, torch.optim.AdamW) == (name == "adamw")
+
+
+def test_sgd_is_nesterov_with_the_configured_momentum():
+    cfg = Config().replace(train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9})
+    _, optimizer, _ = build_training(cfg, torch.device("cpu"), None, None)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (group["momentum"], group["nesterov"]) == (0.9, True)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_grad_clip_bounds_the_step_of_plain_sgd(clip):
+    """With lr 1 and no momentum an SGD step moves the weights by the gradient itself, so its
+    norm is the gradient norm: 10 unclipped (loss 10 * sum of weights over 1 weight), else `clip`."""
+    cfg = Config().replace(train={"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
+                                  "grad_clip": clip, "channels_last": False})
+    net = torch.nn.Linear(1, 1, bias=False)
+    optimizer = build_optimizer(net, cfg.train)
+    before = net.weight.detach().clone()
+    batches = tqdm([(torch.ones(1, 1), torch.zeros(1, 1))], disable=True)
+    train_epoch(net, batches, optimizer, lambda out, y: 10 * out.sum(), cfg, torch.device("cpu"),
+                nullcontext(), lambda step: 1.0, 0)
+    assert (before - net.weight).norm().item() == pytest.approx(clip or 10.0)
 
 
 def test_progress_counts_epochs_since_the_best_and_stops_on_patience_after_min_epochs():

@@ -88,8 +88,12 @@ class TrainConfig:
     # "adamw": weight decay decoupled from the gradient (Loshchilov & Hutter 2019), each step
     # shrinks the weights by lr * weight_decay whatever their gradient's scale; "adam" adds it
     # to the gradient as L2, which Adam's normalisation then rescales per weight. AdamW with
-    # decay 0.01 lost 0.005 on two folds (MODEL.md).
-    optimizer: Literal["adam", "adamw"] = "adam"
+    # decay 0.01 lost 0.005 on two folds (MODEL.md). "sgd": SGD with Nesterov momentum
+    # (`momentum`), nnU-Net's optimiser (lr 0.01, momentum 0.99, weight decay 3e-5, gradient
+    # norm clipped at 12).
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = 0.99  # "sgd" only
+    grad_clip: float = 0.0  # largest gradient norm (torch's clip_grad_norm_); 0 clips nothing
     batch_size: int = 32  # 16 with twice the steps lost 0.004 on two folds (MODEL.md)
     # Training patch at native resolution; whole slices at test time. Whole slices (batch 8)
     # lost 0.069 on five folds, 160 (batch 20) 0.006 and 96 (batch 57) 0.015 on two (MODEL.md).
@@ -228,6 +232,8 @@ def validate(cfg: Config) -> Config:
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.train.focal_gamma >= 0.0, "train.focal_gamma must be >= 0"),
+        (0.0 <= cfg.train.momentum < 1.0, "train.momentum must be in [0, 1)"),
+        (cfg.train.grad_clip >= 0.0, "train.grad_clip must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -236,6 +236,8 @@ def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, aut
             loss = loss_fn(net(x), y)  # the loss casts bf16 logits to fp32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
@@ -323,9 +325,19 @@ def start_run(run_dir: Path, cfg: Config, data: Path, train_cases: list[str],
         indent=2))
 
 
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (`train.optimizer`; Nesterov momentum unless momentum is 0) over
+    `model`'s weights."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def build_training(cfg: Config, device: torch.device, state: dict | None, start: dict | None
                    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, AveragedModel | None]:
-    """The network, its Adam (or AdamW) optimiser and its weight average (None unless `train.ema_decay`):
+    """The network, its optimiser and its weight average (None unless `train.ema_decay`):
     fresh (seeded by `train.seed`), from the weights of `start` (fine-tuning), or as `state`
     (a resumed last.pt) left them, RNG included."""
     torch.manual_seed(cfg.train.seed)
@@ -334,8 +346,7 @@ def build_training(cfg: Config, device: torch.device, state: dict | None, start:
         model.load_state_dict(model_from_checkpoint(start)[0].state_dict())
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    adam = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
-    optimizer = adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg.train)
     ema = None
     if cfg.train.ema_decay > 0:
         # use_buffers: batch-norm statistics are averaged too, so they match the weights
