@@ -165,7 +165,7 @@ def test_sgd_is_nesterov_with_the_configured_momentum():
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_grad_clip_bounds_the_step_of_plain_sgd(clip):
     """With lr 1 and no momentum an SGD step moves the weights by the gradient itself, so its
-    norm is the gradient norm: 10 unclipped (loss 10 * sum of weights over 1 weight), else `clip`."""
+    norm is the gradient's: 10 unclipped (the loss is 10 * w for input 1), else `clip`."""
     cfg = Config().replace(train={"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0,
                                   "grad_clip": clip, "channels_last": False})
     net = torch.nn.Linear(1, 1, bias=False)
