@@ -112,8 +112,8 @@ class TrainConfig:
     dice_weight: float = 1.168
     bce_weight: float = 0.832  # weight of the pixel-wise term: BCE, or focal loss if focal_gamma > 0
     # Focal loss (Lin et al. 2017) in place of BCE: each pixel's BCE scaled by (1 - p_t)**gamma,
-    # which shrinks the easy background pixels' share. 0 is plain BCE; 2 lost 0.007 on two folds
-    # (MODEL.md).
+    # which shrinks the easy background pixels' share. 0 is plain BCE; 2 lost 0.007 on two folds,
+    # and 0.006 with bce_weight raised by a third to 1.109 (MODEL.md).
     focal_gamma: float = 0.0
     # bf16 autocast where bf16 is native (AVX-512 bf16 or AMX: about 4x the fp32 matmul rate;
     # GPUs); other CPUs emulate it at about a tenth of the fp32 rate, so they run fp32 instead
