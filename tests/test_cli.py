@@ -105,6 +105,36 @@ def test_split_output_inside_input_is_refused(synth_root):
     assert not (synth_root / "splits.json").exists()
 
 
+@pytest.mark.parametrize("verb", ["split", "synth", "train", "evaluate", "predict", "export"])
+def test_an_output_below_a_file_gives_one_line_and_exit_2(synth_root, tmp_path, capsys, verb):
+    (tmp_path / "afile").write_text("keep")
+    out = str(tmp_path / "afile" / "sub" / "out")
+    argv = {"split": [str(synth_root), "--folds", "2", "-o", out], "synth": [out],
+            "export": ["-o", out]}.get(verb, [str(synth_root), "-o", out])
+    assert main([verb, *argv]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gliomaseg {verb}: error: {tmp_path / 'afile' / 'sub' / 'out'}: "
+        f"{tmp_path / 'afile'} is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_a_file_output_gets_its_folders_made(synth_root, tmp_path):
+    out = tmp_path / "new" / "deeper" / "splits.json"
+    assert main(["split", str(synth_root), "--folds", "2", "-o", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == 2
+
+
+def test_an_output_folder_that_cannot_be_made_gives_one_line(tmp_path, monkeypatch, capsys):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr("pathlib.Path.mkdir", refuse)
+    assert main(["synth", str(tmp_path / "ro" / "s")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gliomaseg synth: error: {tmp_path / 'ro' / 's'}: "
+        f"cannot create the folder {tmp_path / 'ro'} (Permission denied)")
+
+
 def test_synth_then_check(tmp_path):
     r = run_cli("synth", tmp_path / "s", "--cases", "2", "--slices", "5", "--size", "64")
     assert r.returncode == 0, r.stderr

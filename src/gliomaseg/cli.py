@@ -41,7 +41,11 @@ def _fmt(text: str) -> str:
 
 
 def ensure_output(path: Path, overwrite: bool, inputs: list[Path] = ()) -> Path:
-    """Refuse to write into an input folder, or over existing results without --overwrite."""
+    """Refuse to write into an input folder, or over existing results without --overwrite.
+
+    Creates the output's parent folder, as `mkdir -p` would, so that a path through a file
+    or a read-only folder fails here in one line rather than as a traceback mid-run.
+    """
     path = Path(path)
     for src in inputs:
         src = Path(src).resolve()
@@ -49,6 +53,13 @@ def ensure_output(path: Path, overwrite: bool, inputs: list[Path] = ()) -> Path:
             raise UsageError(f"{path}: output must not be inside the input {src}")
     if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
         raise UsageError(f"{path}: already exists and is not empty; pass --overwrite to replace it")
+    blocker = next(p for p in path.absolute().parents if p.exists())
+    if not blocker.is_dir():
+        raise UsageError(f"{path}: {blocker} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create the folder {path.parent} ({exc.strerror})") from exc
     return path
 
 
