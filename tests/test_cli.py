@@ -118,6 +118,19 @@ def test_an_output_below_a_file_gives_one_line_and_exit_2(synth_root, tmp_path, 
     assert (tmp_path / "afile").read_text() == "keep"
 
 
+@pytest.mark.parametrize("verb", ["split", "export", "train", "evaluate"])
+def test_a_file_where_a_folder_goes_and_the_reverse_give_one_line(synth_root, tmp_path,
+                                                                  capsys, verb):
+    folder_output = verb in ("train", "evaluate")
+    out = tmp_path / "taken"
+    out.write_text("keep") if folder_output else out.mkdir()
+    argv = {"split": [str(synth_root), "--folds", "2"], "export": []}.get(verb, [str(synth_root)])
+    assert main([verb, *argv, "-o", str(out), "--overwrite"]) == 2
+    kind = "is a file, not a folder" if folder_output else "is a folder, not a file"
+    assert capsys.readouterr().err.strip() == f"gliomaseg {verb}: error: {out}: {kind}"
+    assert out.read_text() == "keep" if folder_output else not any(out.iterdir())
+
+
 def test_a_file_output_gets_its_folders_made(synth_root, tmp_path):
     out = tmp_path / "new" / "deeper" / "splits.json"
     assert main(["split", str(synth_root), "--folds", "2", "-o", str(out)]) == 0

@@ -40,11 +40,13 @@ def _fmt(text: str) -> str:
     return text.strip("\n")
 
 
-def ensure_output(path: Path, overwrite: bool, inputs: list[Path] = ()) -> Path:
+def ensure_output(path: Path, overwrite: bool, inputs: list[Path] = (), *,
+                  folder: bool = True) -> Path:
     """Refuse to write into an input folder, or over existing results without --overwrite.
 
-    Creates the output's parent folder, as `mkdir -p` would, so that a path through a file
-    or a read-only folder fails here in one line rather than as a traceback mid-run.
+    `folder`: the verb writes a folder at `path` (False: a file). Creates the output's parent
+    folder, as `mkdir -p` would, so that a path through a file, a folder where a file goes
+    (or the reverse) or a read-only folder fails here in one line, not as a traceback mid-run.
     """
     path = Path(path)
     for src in inputs:
@@ -53,6 +55,9 @@ def ensure_output(path: Path, overwrite: bool, inputs: list[Path] = ()) -> Path:
             raise UsageError(f"{path}: output must not be inside the input {src}")
     if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
         raise UsageError(f"{path}: already exists and is not empty; pass --overwrite to replace it")
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{path}: is a folder, not a file" if not folder
+                         else f"{path}: is a file, not a folder")
     blocker = next(p for p in path.absolute().parents if p.exists())
     if not blocker.is_dir():
         raise UsageError(f"{path}: {blocker} is a file, not a folder")
@@ -103,7 +108,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         unknown = sorted(set(folds[0]["train"] + folds[0]["val"]) - set(list_cases(args.data)))
         if unknown:
             raise DataError(f"{args.pair_of}: no patient folder {unknown[0]} in {args.data}")
-    ensure_output(args.output, args.overwrite, [args.data])
+    ensure_output(args.output, args.overwrite, [args.data], folder=False)
     args.output.write_text(json.dumps(folds, indent=2))
     sizes = ", ".join(str(len(f["val"])) for f in folds)
     print(f"{len(folds)} folds (validation patients per fold: {sizes}) -> {args.output}")
@@ -307,7 +312,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from .checkpoint import bundle
 
     sources = [run / "best.pt" if run.is_dir() else run for run in args.runs]
-    ensure_output(args.output, args.overwrite, [s.parent for s in sources if s.is_file()])
+    ensure_output(args.output, args.overwrite, [s.parent for s in sources if s.is_file()],
+                  folder=False)
     post = _read_json(args.post) if args.post else None
     out = bundle(sources, args.output, post=post)
     kind = (f"ensemble of {len(sources)}" if len(sources) > 1 else "one network")
@@ -340,7 +346,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8:
         targets += [int8_path(out), onnx_metadata_path(int8_path(out))]
     for path in targets:
-        ensure_output(path, args.overwrite, [args.calibrate] if args.calibrate else [])
+        ensure_output(path, args.overwrite, [args.calibrate] if args.calibrate else [],
+                      folder=False)
     checkpoint = args.model or bundled_model_path()
     patients = (list(iter_patients(args.calibrate, require_masks=True, cases=args.cases))
                 if args.int8 else [])  # read first: bad calibration data fails before exporting
