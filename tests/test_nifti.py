@@ -387,3 +387,7 @@ def test_evaluate_nifti_errors(tmp_path, tiny_checkpoint, synth_root, capsys):
         assert main(["evaluate", *extra, "-o", str(tmp_path / f"out{i}"), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (extra, err)
+    # an output beside missing labels: the missing file is the error, not the output's place
+    assert main(["evaluate", str(src), "--labels", str(label_dir / "missing.nii.gz"),
+                 "-o", str(label_dir / "out"), *args]) == 2
+    assert capsys.readouterr().err.strip().endswith("missing.nii.gz: no such file or directory")

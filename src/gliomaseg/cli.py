@@ -827,8 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_input_paths(args: argparse.Namespace) -> None:
-    """A missing DATA/INPUT fails at once, before the verb spends seconds importing torch."""
-    for name in ("data", "input"):
+    """A missing DATA/INPUT/--labels fails at once, before the verb spends seconds importing
+    torch, and before an output beside it is refused for being inside that input's folder."""
+    for name in ("data", "input", "labels"):
         path = getattr(args, name, None)
         if isinstance(path, Path) and not path.exists():
             raise DataError(f"{path}: no such file or directory")
