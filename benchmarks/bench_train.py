@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py budget RUN_DIR [RUN_DIR ...]
     python benchmarks/bench_train.py precision [--config configs/bundled.json] [--steps 4]
     python benchmarks/bench_train.py layout [--config configs/bundled.json] [--steps 4]
+    python benchmarks/bench_train.py denormal RUN_DIR/last.pt [--steps 4]
 
 `throughput`: slices (or crops) per second for one train step including data
 loading, interleaved in the same process so machine noise hits both alike:
@@ -16,6 +17,10 @@ loading, interleaved in the same process so machine noise hits both alike:
 interleaved; tells whether this CPU computes bf16 natively (`inference.use_bf16`).
 `layout`: the same with channels-last memory against NCHW (the reference), at the
 precision training would use on this CPU; plus the data pipeline alone, for its share.
+`denormal`: train steps from a checkpoint's weights with denormal floats computed
+(the reference, x86's default) against flushed to zero (`torch.set_flush_denormal`, what
+`train` sets), interleaved; then inference with its weights as stored against as
+`model_from_checkpoint` loads them (denormals zeroed); and how many weights are denormal.
 `budget`: validation PV-DSC reached by 15, 30 and 60 minutes of training, read
 from a run's metrics.csv (cumulative epoch seconds, validation included; CPU
 seconds when the run's budget clock was "cpu").
@@ -34,6 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config, ModelConfig, load_config
 from gliomaseg.data import list_cases
 from gliomaseg.inference import use_bf16
@@ -45,19 +51,24 @@ from gliomaseg.train import CropDataset, load_cases
 DEFAULT_DATA = Path("/work/cache/lgg/kaggle_3m")
 
 
-def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int, bf16: bool | None = None):
+def loop(cfg: Config, cases, model_cfg: ModelConfig, steps: int, bf16: bool | None = None,
+         model: torch.nn.Module | None = None, flush: bool | None = None):
     """A generator: each next() runs one optimiser step (data loading included). `bf16`
-    None: as training would run cfg on this CPU (`use_bf16`); True/False: forced."""
+    None: as training would run cfg on this CPU (`use_bf16`); True/False: forced. `model`:
+    start from these weights (default: a fresh model_cfg network). `flush`: set
+    torch.set_flush_denormal before each step, so interleaved loops can differ in it."""
     bf16 = use_bf16(cfg.train.bf16) if bf16 is None else bf16
     dataset = CropDataset(cases, cfg)
     loader = iter(DataLoader(dataset, batch_size=cfg.train.batch_size,
                              num_workers=cfg.train.workers))
-    model = build_model(cfg.data.in_channels, model_cfg)
+    model = model if model is not None else build_model(cfg.data.in_channels, model_cfg)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     loss_fn = build_loss(cfg.train)
     for _ in range(steps):
+        if flush is not None:
+            torch.set_flush_denormal(flush)
         x, y = next(loader)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(x.contiguous(memory_format=fmt)).float(), y)
@@ -146,6 +157,49 @@ def layout(args: argparse.Namespace) -> None:
           f"{torch.get_num_threads()} threads, {args.steps} timed steps each, data: {data}")
 
 
+def stored_model(state: dict) -> torch.nn.Module:
+    """The checkpoint's network with its weights exactly as stored (model_from_checkpoint
+    flushes denormals to zero)."""
+    cfg = Config.from_dict(state["config"])
+    model = build_model(cfg.data.in_channels, cfg.model)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in state["model"].items()})
+    return model
+
+
+def forwards(model: torch.nn.Module, x: torch.Tensor, steps: int):
+    """A generator: each next() runs one eval-mode forward pass of x."""
+    model.eval()
+    for _ in range(steps):
+        with torch.inference_mode():
+            model(x)
+        yield x.shape[0]
+
+
+def denormal(args: argparse.Namespace) -> None:
+    state = load_checkpoint(args.checkpoint)
+    cfg = Config.from_dict(state["config"]).replace(train={"steps_per_epoch": args.steps + 2})
+    data = bench_data(args.data)
+    cases = load_cases(data, list_cases(data)[: args.cases], cfg)
+    weights = list(stored_model(state).parameters())
+    tiny = sum(int(((w != 0) & (w.abs() < torch.finfo(w.dtype).tiny)).sum()) for w in weights)
+    runs = {f"{args.checkpoint}, {name}": loop(cfg, cases, cfg.model, args.steps + 1,
+                                               model=stored_model(state), flush=flush)
+            for name, flush in (("denormals computed (reference)", False),
+                                ("denormals flushed to zero", True))}
+    print_rates(runs, args.steps)
+    torch.set_flush_denormal(False)  # inference: only the weights differ
+    x = torch.randn(8, cfg.data.in_channels, cfg.data.size, cfg.data.size)
+    print("\nInference, whole slices, batch 8, denormals computed:\n")
+    print_rates({f"{args.checkpoint}, weights as stored (reference)": forwards(
+                    stored_model(state), x, args.steps + 1),
+                 "model_from_checkpoint (denormal weights zeroed)": forwards(
+                    model_from_checkpoint(state)[0], x, args.steps + 1)}, args.steps)
+    print(f"\n{tiny:,} of {sum(w.numel() for w in weights):,} weights denormal; precision "
+          f"{'bf16' if use_bf16(cfg.train.bf16) else 'fp32'}; {torch.get_num_threads()} threads, "
+          f"{args.steps} timed steps each, data: {data}")
+
+
 def budget(args: argparse.Namespace) -> None:
     print("| run | PV-DSC by 15 min | by 30 min | by 60 min | best (epoch, minutes) |")
     print("|---|---|---|---|---|")
@@ -183,6 +237,12 @@ def main() -> None:
         p.add_argument("--cases", type=int, default=8)
         p.add_argument("--steps", type=int, default=4)
         p.set_defaults(func=func)
+    p = sub.add_parser("denormal")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--cases", type=int, default=8)
+    p.add_argument("--steps", type=int, default=4)
+    p.set_defaults(func=denormal)
     p = sub.add_parser("budget")
     p.add_argument("runs", type=Path, nargs="+")
     p.set_defaults(func=budget)

@@ -54,6 +54,21 @@ def test_training_falls_back_to_fp32_and_says_so_without_native_bf16(synth_root,
     assert "on cpu, fp32 (no native bf16 here)" in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_training_flushes_denormals_to_zero(synth_root, tmp_path):
+    """Denormal weights make x86 CPUs several times slower (bench_train.py denormal)."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    denormal = torch.tensor([1e-39])
+    assert (denormal * 2).item() > 0  # computed: 2e-39
+    cfg = TINY.replace(train={"max_epochs": 1, "steps_per_epoch": 1})
+    cases = list_cases(synth_root)
+    try:
+        train(synth_root, tmp_path / "run", cfg, cases[:3], cases[3:], use_cache=False)
+        assert (denormal * 2).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_checkpoint_holds_model_config_and_training_state(tiny_run):
     state = load_checkpoint(tiny_run / "last.pt")
     for key in ("model", "config", "optimizer", "epoch", "torch_rng", "best_dice", "elapsed"):

@@ -57,11 +57,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def flush_denormals(t: torch.Tensor) -> torch.Tensor:
+    """`t` with its denormal values (below the smallest normal float) set to zero.
+
+    An fp32 training run's checkpoint can hold many (train.py flushes them while training),
+    and an x86 CPU computes a network with them about 5x slower; zero changes no output.
+    """
+    return torch.where(t.abs() < torch.finfo(t.dtype).tiny, torch.zeros_like(t), t)
+
+
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[nn.Module, Config]:
-    """Rebuild the network from the saved config, load weights (fp16 storage is upcast), eval mode."""
+    """Rebuild the network from the saved config, load weights (fp16 storage is upcast,
+    denormals flushed to zero), eval mode."""
     cfg = Config.from_dict(state["config"])
     model = build_model(cfg.data.in_channels, cfg.model)
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
+    weights = {k: flush_denormals(v.float()) if v.is_floating_point() else v
+               for k, v in state["model"].items()}
     try:
         model.load_state_dict(weights)
     except RuntimeError:
