@@ -158,10 +158,9 @@ def layout(args: argparse.Namespace) -> None:
 
 
 def stored_model(state: dict) -> torch.nn.Module:
-    """The checkpoint's network with its weights exactly as stored (model_from_checkpoint
-    flushes denormals to zero)."""
-    cfg = Config.from_dict(state["config"])
-    model = build_model(cfg.data.in_channels, cfg.model)
+    """The checkpoint's network with its weights exactly as stored: model_from_checkpoint's,
+    with the denormals it zeroes put back."""
+    model, _ = model_from_checkpoint(state)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in state["model"].items()})
     return model
