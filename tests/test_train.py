@@ -40,6 +40,7 @@ def test_tiny_run_learns_well_above_chance(tiny_run):
     # chance level (predicting everything or nothing) is ~0.1 or 0 here
     assert best > 0.5, rows
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert all(float(r["grad_norm_max"]) >= float(r["grad_norm"]) > 0 for r in rows), rows
     for name in ("best.pt", "last.pt", "config.json", "run.json", "curves.png", "train.log"):
         assert (tiny_run / name).is_file(), name
 
@@ -187,9 +188,11 @@ def test_grad_clip_bounds_the_step_of_plain_sgd(clip):
     optimizer = build_optimizer(net, cfg.train)
     before = net.weight.detach().clone()
     batches = tqdm([(torch.ones(1, 1), torch.zeros(1, 1))], disable=True)
-    train_epoch(net, batches, optimizer, lambda out, y: 10 * out.sum(), cfg, torch.device("cpu"),
-                nullcontext(), lambda step: 1.0, 0)
+    fit = train_epoch(net, batches, optimizer, lambda out, y: 10 * out.sum(), cfg,
+                      torch.device("cpu"), nullcontext(), lambda step: 1.0, 0)
     assert (before - net.weight).norm().item() == pytest.approx(clip or 10.0)
+    # metrics.csv logs the norm before clipping, so it shows how far the clip cut
+    assert fit["grad_norm"] == fit["grad_norm_max"] == pytest.approx(10.0)
 
 
 def test_progress_counts_epochs_since_the_best_and_stops_on_patience_after_min_epochs():

@@ -41,8 +41,8 @@ from .preprocess import cached_volume, prepare_mask, stack_context
 from .transforms import augment_sample, augmentations, crop_transforms, fill_missing_sequences
 from .viz import plot_curves
 
-METRIC_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds",
-                 "cpu_seconds"]
+METRIC_FIELDS = ["epoch", "train_loss", "grad_norm", "grad_norm_max", "val_loss", "val_dice",
+                 "val_iou", "lr", "seconds", "cpu_seconds"]
 
 
 @dataclass
@@ -214,8 +214,10 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, autocast, lr_at,
-                first_step: int, ema: AveragedModel | None = None) -> tuple[float, float]:
-    """One pass over `batches` (a progress bar over the loader); returns (mean training loss,
+                first_step: int, ema: AveragedModel | None = None) -> dict:
+    """One pass over `batches` (a progress bar over the loader). Returns metrics.csv's
+    training columns: "train_loss" (mean), "grad_norm" and "grad_norm_max" (mean and largest
+    gradient norm before clipping, which show whether `train.grad_clip` acts) and "lr" (the
     last learning rate).
 
     `lr_at(step)` is the learning rate at the run's step `first_step`, `first_step + 1`, ...:
@@ -224,7 +226,7 @@ def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, aut
     """
     model = net.module if isinstance(net, DistributedDataParallel) else net
     net.train()
-    running, lr, steps = 0.0, 0.0, 0
+    running, lr, steps, norms = 0.0, 0.0, 0, []
     for steps, (x, y) in enumerate(batches, 1):
         lr = lr_at(first_step + steps - 1)
         for group in optimizer.param_groups:
@@ -236,14 +238,18 @@ def train_epoch(net, batches: tqdm, optimizer, loss_fn, cfg: Config, device, aut
             loss = loss_fn(net(x), y)  # the loss casts bf16 logits to fp32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
         if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+            torch.nn.utils.clip_grads_with_norm_(net.parameters(), cfg.train.grad_clip, norm)
+        norms.append(norm.item())
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
         running += loss.item()
         batches.set_postfix(loss=f"{running / steps:.4f}")
-    return running / max(steps, 1), lr
+    return {"train_loss": running / max(steps, 1), "grad_norm": sum(norms) / max(steps, 1),
+            "grad_norm_max": max(norms, default=0.0), "lr": lr}
 
 
 @dataclass(frozen=True)
@@ -440,19 +446,20 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
             sampler.set_epoch(epoch)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
                    disable=rank != 0 or None)
-        train_loss, lr = train_epoch(net, bar, optimizer, loss_fn, cfg, device, autocast,
-                                     lr_at, (epoch - 1) * steps_per_epoch, ema)
+        fit = train_epoch(net, bar, optimizer, loss_fn, cfg, device, autocast, lr_at,
+                          (epoch - 1) * steps_per_epoch, ema)
         if rank == 0:
             val = validate(model if ema is None else ema.module, val_set, cfg, loss_fn)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             progress = progress.record(epoch, val["val_dice"],
                                        cpu if cfg.train.budget_clock == "cpu" else wall)
-            rows.append({"epoch": epoch, "train_loss": round(train_loss, 5),
-                         **{k: round(v, 5) for k, v in val.items()},
-                         "lr": f"{lr:.3g}", "seconds": round(wall, 1),
+            rows.append({"epoch": epoch, **{k: round(v, 5) for k, v in {**fit, **val}.items()},
+                         "lr": f"{fit['lr']:.3g}", "seconds": round(wall, 1),
                          "cpu_seconds": round(cpu, 1)})
             save_epoch(run_dir, rows, model, optimizer, cfg, progress, val_cases, ema)
-            log(f"epoch {epoch}: loss {train_loss:.4f}  val loss {val['val_loss']:.4f}  "
+            log(f"epoch {epoch}: loss {fit['train_loss']:.4f}  "
+                f"grad norm {fit['grad_norm']:.2f} (max {fit['grad_norm_max']:.2f})  "
+                f"val loss {val['val_loss']:.4f}  "
                 f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  ({wall:.1f} s)"
                 + ("  *best*" if progress.best_epoch == epoch else ""))
             control[0] = stop_code(progress, val["val_dice"], cfg.train, trial, log)
