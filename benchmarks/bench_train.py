@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
+from gliomaseg.checkpoint import flush_denormals, load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config, ModelConfig, load_config
 from gliomaseg.data import list_cases
 from gliomaseg.inference import use_bf16
@@ -181,7 +181,7 @@ def denormal(args: argparse.Namespace) -> None:
     data = bench_data(args.data)
     cases = load_cases(data, list_cases(data)[: args.cases], cfg)
     weights = list(stored_model(state).parameters())
-    tiny = sum(int(((w != 0) & (w.abs() < torch.finfo(w.dtype).tiny)).sum()) for w in weights)
+    tiny = sum(int((flush_denormals(w) != w).sum()) for w in weights)
     runs = {f"{args.checkpoint}, {name}": loop(cfg, cases, cfg.model, args.steps + 1,
                                                model=stored_model(state), flush=flush)
             for name, flush in (("denormals computed (reference)", False),
