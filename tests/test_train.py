@@ -145,6 +145,26 @@ def test_foreground_fraction_biases_crops_to_tumour(synth_root):
     assert share(1.0) > 0.9 > share(0.0)
 
 
+@pytest.mark.parametrize("sampling", ["slice", "patient"])
+def test_patient_sampling_weighs_each_patient_the_same(sampling):
+    """Two patients with 2 and 18 tumour slices: by slice the second gets about 90% of the
+    tumour patches, by patient about half."""
+    from gliomaseg.train import Case
+
+    def case(tumour, total):
+        mask = np.zeros((total, 8, 8), bool)
+        mask[:tumour, 2:4, 2:4] = True
+        return Case("x", np.zeros((total, 1, 8, 8), np.float32), mask, mask)
+
+    ds = CropDataset([case(2, 20), case(18, 20)],
+                     Config().replace(train={"sampling": sampling, "foreground_fraction": 1.0}))
+    rng = np.random.default_rng(0)
+    draws = [ds.draw(rng) for _ in range(2000)]
+    assert all(on and ds.cases[c].mask[s].any() for c, s, on in draws)
+    share_small = np.mean([c == 0 for c, _, _ in draws])
+    assert share_small == pytest.approx(0.1 if sampling == "slice" else 0.5, abs=0.04)
+
+
 def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0, 100, 10) == pytest.approx(0.1)
     assert lr_factor(10, 100, 10) == pytest.approx(1.0)

@@ -105,6 +105,11 @@ class TrainConfig:
     # Share of patches centred near tumour. 0.8 lost 0.012 on five folds and nnU-Net's third
     # (0.33) lost 0.011 on two (MODEL.md).
     foreground_fraction: float = 0.6
+    # How a patch's slice is drawn (from tumour slices or from all, per foreground_fraction).
+    # "slice": uniformly over the training set's slices, so a patient weighs by its number of
+    # slices (3 to 37 tumour slices here). "patient": a patient first, uniformly, then one of
+    # its slices, so each patient weighs the same, as in the per-patient Dice (PV-DSC).
+    sampling: Literal["slice", "patient"] = "slice"
     steps_per_epoch: int = 100
     # Epochs, and the length of the cosine schedule. On two folds 45 scored level and 20 lost
     # 0.033 (MODEL.md).

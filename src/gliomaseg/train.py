@@ -80,17 +80,31 @@ class CropDataset(Dataset):
         self.cases, self.cfg, self.epoch = cases, cfg, 0
         self.all_slices = [(c, s) for c in range(len(cases)) for s in range(len(cases[c].mask))]
         self.tumour_slices = [(c, s) for c, s in self.all_slices if cases[c].mask[s].any()]
+        # The same slices grouped by patient, for sampling="patient" (patients without tumour
+        # are left out of the tumour groups).
+        self.all_by_case = [[cs for cs in self.all_slices if cs[0] == c] for c in range(len(cases))]
+        self.tumour_by_case = [g for c in range(len(cases))
+                               if (g := [cs for cs in self.tumour_slices if cs[0] == c])]
         self.crops = crop_transforms(cfg.train.crop)
         self.augment = augmentations(cfg.augment)
 
     def __len__(self) -> int:
         return self.cfg.train.steps_per_epoch * self.cfg.train.batch_size
 
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, bool]:
+        """(case index, slice index, whether the patch is to be centred near tumour)."""
+        on_tumour = bool(self.tumour_slices) and rng.random() < self.cfg.train.foreground_fraction
+        if self.cfg.train.sampling == "patient":
+            groups = self.tumour_by_case if on_tumour else self.all_by_case
+            pool = groups[rng.integers(len(groups))]
+        else:
+            pool = self.tumour_slices if on_tumour else self.all_slices
+        c, s = pool[rng.integers(len(pool))]
+        return c, s, on_tumour
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.train.seed, self.epoch, i])
-        on_tumour = bool(self.tumour_slices) and rng.random() < self.cfg.train.foreground_fraction
-        pool = self.tumour_slices if on_tumour else self.all_slices
-        c, s = pool[rng.integers(len(pool))]
+        c, s, on_tumour = self.draw(rng)
         case = self.cases[c]
         seed = int(rng.integers(2**31))
         image = context_slice(case.volume, s, self.cfg.data.context)
