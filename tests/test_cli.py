@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from gliomaseg import __version__
 from gliomaseg.cli import build_parser, main
-from gliomaseg.data import list_cases
+from gliomaseg.data import list_cases, read_patient
 
 
 def test_version_and_help():
@@ -38,6 +38,17 @@ def test_check_json(synth_root, capsys):
     assert main(["check", str(synth_root), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.split("\ndataset is usable")[0])
     assert summary["patients"] == 4 and summary["problems"] == []
+
+
+def test_check_verbose_lists_slices_and_tumour_slices_per_patient(synth_root, capsys):
+    assert main(["check", str(synth_root), "--verbose"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
+    assert len(lines) == 4
+    for line in lines:
+        case, counts = line.strip().split(": ")
+        patient = read_patient(synth_root / case)
+        tumour = int(patient.mask.any(axis=(1, 2)).sum())
+        assert counts == f"{patient.num_slices} slices, {tumour} with tumour"
 
 
 def test_check_lists_every_problem_one_line_each(synth_root, tmp_path):

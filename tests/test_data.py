@@ -146,6 +146,9 @@ def test_summary_counts(synth_root):
     s = summarize(report.patients)
     assert s["patients"] == 4 and s["slices"] == 48
     assert 0 < s["slices_with_tumour"] < 48
+    per_patient = s["tumour_slices_per_patient"]
+    assert sum(per_patient.values()) == s["slices_with_tumour"]
+    assert all(per_patient[p.case] == int(p.mask.any(axis=(1, 2)).sum()) for p in report.patients)
     assert s["tumour_pixels"] == sum(int(p.mask.sum()) for p in report.patients)
     assert sum(s["sites"].values()) == 4
     assert s["missing_sequences"] == {}  # the phantoms have three distinct channels

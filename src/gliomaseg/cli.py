@@ -86,7 +86,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.verbose:
             for case, n in s["slices_per_patient"].items():
                 missing = s["missing_sequences"].get(case)
-                print(f"  {case}: {n} slices" + (f", no {' or '.join(missing)}" if missing else ""))
+                tumour = s["tumour_slices_per_patient"].get(case)
+                print(f"  {case}: {n} slices" + (f", {tumour} with tumour" if tumour is not None else "")
+                      + (f", no {' or '.join(missing)}" if missing else ""))
     for problem in report.problems:
         print(f"problem: {problem}", file=sys.stderr)
     if report.ok:

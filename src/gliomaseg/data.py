@@ -278,20 +278,22 @@ def missing_sequences(image: np.ndarray) -> list[str]:
 
 def summarize(patients: list[Patient]) -> dict:
     """Counts for `gliomaseg check`: patients, slices, tumour slices and pixels, sites,
-    and the patients whose missing sequences were filled with FLAIR."""
+    slices and tumour slices per patient, and the patients whose missing sequences were
+    filled with FLAIR."""
     sites: dict[str, int] = {}
     for p in patients:
         sites[p.site] = sites.get(p.site, 0) + 1
     with_mask = [p for p in patients if p.mask is not None]
+    tumour = {p.case: int((p.mask.reshape(p.num_slices, -1).max(1) > 0).sum()) for p in with_mask}
     return {
         "patients": len(patients),
         "slices": sum(p.num_slices for p in patients),
-        "slices_with_tumour": int(sum((p.mask.reshape(p.num_slices, -1).max(1) > 0).sum()
-                                      for p in with_mask)),
+        "slices_with_tumour": sum(tumour.values()),
         "tumour_pixels": int(sum(p.mask.sum() for p in with_mask)),
         "patients_with_masks": len(with_mask),
         "sites": dict(sorted(sites.items())),
         "slices_per_patient": {p.case: p.num_slices for p in patients},
+        "tumour_slices_per_patient": tumour,
         "missing_sequences": {p.case: m for p in patients if (m := missing_sequences(p.image))},
     }
 
