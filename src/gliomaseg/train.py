@@ -78,13 +78,13 @@ class CropDataset(Dataset):
 
     def __init__(self, cases: list[Case], cfg: Config):
         self.cases, self.cfg, self.epoch = cases, cfg, 0
-        self.all_slices = [(c, s) for c in range(len(cases)) for s in range(len(cases[c].mask))]
-        self.tumour_slices = [(c, s) for c, s in self.all_slices if cases[c].mask[s].any()]
-        # The same slices grouped by patient, for sampling="patient" (patients without tumour
-        # are left out of the tumour groups).
-        self.all_by_case = [[cs for cs in self.all_slices if cs[0] == c] for c in range(len(cases))]
-        self.tumour_by_case = [g for c in range(len(cases))
-                               if (g := [cs for cs in self.tumour_slices if cs[0] == c])]
+        # (case, slice) pairs grouped by patient for sampling="patient" (patients without
+        # tumour are left out of the tumour groups), and pooled for sampling="slice".
+        self.all_by_case = [[(c, s) for s in range(len(case.mask))] for c, case in enumerate(cases)]
+        self.tumour_by_case = [g for g in ([(c, s) for c, s in group if cases[c].mask[s].any()]
+                                           for group in self.all_by_case) if g]
+        self.all_slices = [cs for group in self.all_by_case for cs in group]
+        self.tumour_slices = [cs for group in self.tumour_by_case for cs in group]
         self.crops = crop_transforms(cfg.train.crop)
         self.augment = augmentations(cfg.augment)
 
