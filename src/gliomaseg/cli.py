@@ -517,7 +517,7 @@ def _parser_check(sub) -> None:
     p.add_argument("data", type=Path, help="kaggle_3m root or one patient folder")
     p.add_argument("--no-masks", action="store_true", help="masks are optional (prediction input)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--verbose", "-v", action="store_true", help="list slices per patient")
+    p.add_argument("--verbose", "-v", action="store_true", help="list slices and tumour slices per patient")
     p.set_defaults(func=cmd_check)
 
 
