@@ -81,8 +81,8 @@ class CropDataset(Dataset):
         # (case, slice) pairs grouped by patient for sampling="patient" (patients without
         # tumour are left out of the tumour groups), and pooled for sampling="slice".
         self.all_by_case = [[(c, s) for s in range(len(case.mask))] for c, case in enumerate(cases)]
-        self.tumour_by_case = [g for g in ([(c, s) for c, s in group if cases[c].mask[s].any()]
-                                           for group in self.all_by_case) if g]
+        tumour = [[(c, s) for c, s in group if cases[c].mask[s].any()] for group in self.all_by_case]
+        self.tumour_by_case = [group for group in tumour if group]
         self.all_slices = [cs for group in self.all_by_case for cs in group]
         self.tumour_slices = [cs for group in self.tumour_by_case for cs in group]
         self.crops = crop_transforms(cfg.train.crop)
