@@ -190,6 +190,25 @@ def test_adamw_decouples_weight_decay_from_the_gradient(name):
     assert isinstance(optimizer, torch.optim.AdamW) == (name == "adamw")
 
 
+@pytest.mark.parametrize("decay_norms", [True, False])
+def test_decay_norms_decides_whether_batch_norm_and_biases_shrink(decay_norms):
+    """With no gradient from the loss, Adam's L2 term moves every decayed parameter towards 0;
+    without `decay_norms` the batch-norm scales and shifts and the biases stay put, while the
+    convolution weights still shrink."""
+    cfg = Config().replace(train={"lr": 1e-2, "weight_decay": 0.1, "channels_last": False,
+                                  "decay_norms": decay_norms})
+    model, optimizer, _ = build_training(cfg, torch.device("cpu"), None, None)
+    for p in model.parameters():
+        p.data.fill_(0.5)  # BN scales start at 1 and shifts at 0: give every one room to move
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    moved = {p.dim() > 1: set() for p in model.parameters()}
+    for p in model.parameters():
+        moved[p.dim() > 1].add(bool((p < 0.5).all()))
+    assert moved[True] == {True}  # every convolution weight shrank either way
+    assert moved[False] == {decay_norms}
+
+
 def test_sgd_is_nesterov_with_the_configured_momentum():
     cfg = Config().replace(train={"optimizer": "sgd", "lr": 0.01, "momentum": 0.9})
     _, optimizer, _ = build_training(cfg, torch.device("cpu"), None, None)

@@ -94,6 +94,12 @@ class TrainConfig:
     # decay 3e-5, gradient norm clipped at 12); with those settings it lost 0.016 on two
     # folds (MODEL.md).
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # Weight decay on the 1-D parameters too (batch-norm scales and shifts, biases). With
+    # Adam's L2 it turns whole filters off: a channel whose scale shrinks stops getting a
+    # gradient, and the decay, normalised by Adam to steps of about lr, takes its weights to
+    # zero (filter-level sparsity, Mehta et al. 2019). False decays only the convolution
+    # weights, as nanoGPT and timm do.
+    decay_norms: bool = True
     momentum: float = 0.99  # "sgd" only
     # Largest gradient norm; 0 clips nothing (metrics.csv logs the norm). 1.0 with Adam lost
     # 0.009 on two folds (MODEL.md).

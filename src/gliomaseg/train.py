@@ -347,12 +347,18 @@ def start_run(run_dir: Path, cfg: Config, data: Path, train_cases: list[str],
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (`train.optimizer`; Nesterov momentum unless momentum is 0) over
-    `model`'s weights."""
+    `model`'s weights; without `train.decay_norms`, 1-D parameters (batch-norm scales and
+    shifts, biases) form a second group with no weight decay."""
+    params = list(model.parameters())
+    groups = [{"params": params}]
+    if not cfg.decay_norms:
+        groups = [{"params": [p for p in params if p.dim() > 1]},
+                  {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def build_training(cfg: Config, device: torch.device, state: dict | None, start: dict | None
