@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from gliomaseg.config import ModelConfig
-from gliomaseg.model import build_model, count_parameters
+from gliomaseg.model import build_model, count_parameters, dead_channels
 
 
 @pytest.mark.parametrize("in_channels,depth", [(3, 4), (1, 3), (9, 2)])
@@ -87,3 +87,15 @@ def test_residual_blocks_add_a_shortcut_around_the_same_convolutions():
     with torch.no_grad():
         torch.testing.assert_close(block(x), torch.relu(block.shortcut(x)))
         assert block(x).abs().sum() > 0
+
+
+def test_dead_channels_counts_output_channels_whose_weights_are_all_near_zero():
+    net = build_model(1, ModelConfig(base_filters=4, depth=2))
+    widths = 4 + 4 + 8 + 8 + 16 + 16 + 8 + 4 + 8 + 8 + 4 + 4 + 1  # encoder, bottleneck, up, decoder, head
+    assert dead_channels(net) == (0, widths)
+    with torch.no_grad():
+        net.bottleneck[0].weight[:3] = 1e-7  # three output channels of a conv
+        net.up[0].weight[:, 0] = 0.0  # one output channel of a transposed conv: dim 1
+        net.up[1].weight[0] = 0.0  # an input channel only: every output channel still lives
+    assert dead_channels(net) == (4, widths)
+    assert dead_channels(net, tol=1e-8) == (1, widths)

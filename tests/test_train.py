@@ -16,6 +16,7 @@ from tqdm import tqdm
 from gliomaseg.checkpoint import load_checkpoint, model_from_checkpoint
 from gliomaseg.config import Config
 from gliomaseg.data import DataError, list_cases
+from gliomaseg.model import dead_channels
 from gliomaseg.train import (
     CropDataset,
     Progress,
@@ -41,6 +42,9 @@ def test_tiny_run_learns_well_above_chance(tiny_run):
     assert best > 0.5, rows
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert all(float(r["grad_norm_max"]) >= float(r["grad_norm"]) > 0 for r in rows), rows
+    # the last row's dead-channel count is that of the weights last.pt kept
+    last, _ = model_from_checkpoint(load_checkpoint(tiny_run / "last.pt"))
+    assert int(rows[-1]["dead_channels"]) == dead_channels(last)[0]
     for name in ("best.pt", "last.pt", "config.json", "run.json", "curves.png", "train.log"):
         assert (tiny_run / name).is_file(), name
 

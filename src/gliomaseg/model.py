@@ -119,3 +119,20 @@ def build_model(in_channels: int, cfg: ModelConfig) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def dead_channels(model: nn.Module, tol: float = 1e-6) -> tuple[int, int]:
+    """(dead, all) output channels over every convolution of `model`; dead: all of the
+    channel's weights within +-tol, so it passes on nothing but its batch-norm shift.
+
+    Adam's L2 weight decay switches channels off this way (`train.decay_norms`), which a
+    parameter count does not show: it measures how much of the network is left.
+    """
+    dead = total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            # ConvTranspose2d stores (in, out, kH, kW): output channels on dim 1
+            w = m.weight.detach().transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else m.weight.detach()
+            dead += int((w.abs().flatten(1).amax(dim=1) <= tol).sum())
+            total += w.shape[0]
+    return dead, total

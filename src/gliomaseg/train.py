@@ -36,13 +36,13 @@ from .config import Config, TrainConfig
 from .data import DataError, iter_patients
 from .inference import sigmoid, to_native, torch_logits_fn, use_bf16, volume_logits
 from .losses import build_loss
-from .model import build_model, count_parameters
+from .model import build_model, count_parameters, dead_channels
 from .preprocess import cached_volume, prepare_mask, stack_context
 from .transforms import augment_sample, augmentations, crop_transforms, fill_missing_sequences
 from .viz import plot_curves
 
 METRIC_FIELDS = ["epoch", "train_loss", "grad_norm", "grad_norm_max", "val_loss", "val_dice",
-                 "val_iou", "lr", "seconds", "cpu_seconds"]
+                 "val_iou", "lr", "seconds", "cpu_seconds", "dead_channels"]
 
 
 @dataclass
@@ -311,6 +311,12 @@ def run_config(cfg: Config, state: dict | None, start: dict | None) -> Config:
     return cfg
 
 
+def validated_network(model: torch.nn.Module, ema: AveragedModel | None) -> torch.nn.Module:
+    """The network that is validated and saved as a checkpoint's "model": the weight average
+    when `train.ema_decay` is on, else the trained network itself."""
+    return model if ema is None else ema.module
+
+
 def save_epoch(run_dir: Path, rows: list[dict], model, optimizer, cfg: Config,
                progress: Progress, val_cases: list[str], ema: AveragedModel | None) -> None:
     """What a run writes after each epoch: metrics.csv and curves.png from `rows` (one per
@@ -320,7 +326,7 @@ def save_epoch(run_dir: Path, rows: list[dict], model, optimizer, cfg: Config,
     evaluation and bundling need not know; last.pt then also keeps the trained weights."""
     write_metrics(run_dir / "metrics.csv", rows)
     plot_curves(rows, run_dir / "curves.png")
-    judged = model if ema is None else ema.module
+    judged = validated_network(model, ema)
     ckpt = {"model": judged.state_dict(), "config": cfg.to_dict(), "epoch": progress.epoch,
             "best_dice": progress.best_dice, "best_epoch": progress.best_epoch,
             "val_cases": val_cases}
@@ -469,18 +475,21 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
         fit = train_epoch(net, bar, optimizer, loss_fn, cfg, device, autocast, lr_at,
                           (epoch - 1) * steps_per_epoch, ema)
         if rank == 0:
-            val = validate(model if ema is None else ema.module, val_set, cfg, loss_fn)
+            judged = validated_network(model, ema)
+            val = validate(judged, val_set, cfg, loss_fn)
+            dead, channels = dead_channels(judged)  # see train.decay_norms
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             progress = progress.record(epoch, val["val_dice"],
                                        cpu if cfg.train.budget_clock == "cpu" else wall)
             rows.append({"epoch": epoch, **{k: round(v, 5) for k, v in {**fit, **val}.items()},
                          "lr": f"{fit['lr']:.3g}", "seconds": round(wall, 1),
-                         "cpu_seconds": round(cpu, 1)})
+                         "cpu_seconds": round(cpu, 1), "dead_channels": dead})
             save_epoch(run_dir, rows, model, optimizer, cfg, progress, val_cases, ema)
             log(f"epoch {epoch}: loss {fit['train_loss']:.4f}  "
                 f"grad norm {fit['grad_norm']:.2f} (max {fit['grad_norm_max']:.2f})  "
                 f"val loss {val['val_loss']:.4f}  "
-                f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  ({wall:.1f} s)"
+                f"val PV-DSC {val['val_dice']:.4f}  IoU {val['val_iou']:.4f}  "
+                f"dead channels {dead}/{channels}  ({wall:.1f} s)"
                 + ("  *best*" if progress.best_epoch == epoch else ""))
             control[0] = stop_code(progress, val["val_dice"], cfg.train, trial, log)
             control[1] = progress.elapsed / budget if budget else 0.0
