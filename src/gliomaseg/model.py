@@ -131,8 +131,9 @@ def dead_channels(model: nn.Module, tol: float = 1e-6) -> tuple[int, int]:
     dead = total = 0
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            # ConvTranspose2d stores (in, out, kH, kW): output channels on dim 1
-            w = m.weight.detach().transpose(0, 1) if isinstance(m, nn.ConvTranspose2d) else m.weight.detach()
+            w = m.weight.detach()
+            if isinstance(m, nn.ConvTranspose2d):  # stored (in, out, kH, kW)
+                w = w.transpose(0, 1)
             dead += int((w.abs().flatten(1).amax(dim=1) <= tol).sum())
             total += w.shape[0]
     return dead, total
