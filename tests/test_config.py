@@ -37,7 +37,8 @@ def test_overrides_and_file(tmp_path):
 @pytest.mark.parametrize("override", ["train.lr", "nosection=1", "data.size=100",
                                       "data.channels=t1", "post.threshold=1.5",
                                       "train.budget_clock=gpu", "post.tta_mirror=diagonal",
-                                      "model.block=dense", "train.ema_decay=1", "train.ema_decay=-0.5",
+                                      "model.block=dense", "model.activation=gelu",
+                                      "train.ema_decay=1", "train.ema_decay=-0.5",
                                       "train.focal_gamma=-1", "train.optimizer=rmsprop",
                                       "train.momentum=1", "train.grad_clip=-1"])
 def test_bad_overrides(override):

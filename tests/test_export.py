@@ -175,9 +175,11 @@ def test_context_model_exports_all_channels(tmp_path):
                                torch.from_numpy(torch_logits_fn(net)(x)), **TOL)
 
 
-@pytest.mark.parametrize("option", [{"deep_supervision": True}, {"block": "residual"}])
+@pytest.mark.parametrize("option", [{"deep_supervision": True}, {"block": "residual"},
+                                    {"activation": "leaky_relu"}])
 def test_model_options_export_one_full_resolution_output_with_parity(option, tmp_path):
-    """Deep supervision's extra heads are training-only; residual shortcuts export as Adds."""
+    """Deep supervision's extra heads are training-only; residual shortcuts export as Adds;
+    LeakyReLU is an ONNX operator of its own."""
     cfg = Config().replace(data={"size": 32, "context": 0}, model={
         "base_filters": 4, "depth": 2, **option})
     torch.manual_seed(0)

@@ -89,6 +89,21 @@ def test_residual_blocks_add_a_shortcut_around_the_same_convolutions():
         assert block(x).abs().sum() > 0
 
 
+def test_leaky_relu_passes_negative_features_at_a_hundredth_and_adds_no_parameters():
+    torch.manual_seed(0)
+    relu = build_model(1, ModelConfig(base_filters=4, depth=2)).eval()
+    torch.manual_seed(0)
+    leaky = build_model(1, ModelConfig(base_filters=4, depth=2, activation="leaky_relu")).eval()
+    assert count_parameters(leaky) == count_parameters(relu)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        for net, act in [(relu, lambda t: t.clamp(min=0)), (leaky, lambda t: t.where(t > 0, 0.01 * t))]:
+            pre = net.encoder[0][:-1](x)  # the first block up to its last nonlinearity
+            assert (pre < 0).any()
+            torch.testing.assert_close(net.encoder[0](x), act(pre))
+        assert not torch.allclose(leaky(x), relu(x))
+
+
 def test_dead_channels_counts_output_channels_whose_weights_are_all_near_zero():
     net = build_model(1, ModelConfig(base_filters=4, depth=2))
     widths = 4 + 4 + 8 + 8 + 16 + 16 + 8 + 4 + 8 + 8 + 4 + 4 + 1  # encoder, bottleneck, up, decoder, head

@@ -61,6 +61,10 @@ class ModelConfig:
     # convolutions as ResNet basic blocks, with a 1x1 conv + BN shortcut around each pair, in
     # encoder, bottleneck and decoder. Residual lost 0.011 on four folds (MODEL.md).
     block: Literal["plain", "residual"] = "plain"
+    # Nonlinearity after every batch norm. "leaky_relu" (slope 0.01) is nnU-Net's default: a
+    # channel whose inputs fall below zero still gets a gradient, so fewer channels die (see
+    # `model.dead_channels`).
+    activation: Literal["relu", "leaky_relu"] = "relu"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Returns logits (apply a sigmoid for probabilities), as segmentation_models_pytorch
 does, so that losses can use the numerically stable BCE-with-logits. The layers
-are the ones ONNX Runtime fuses well (Conv + BN + ReLU), so the exported model
+are the ones ONNX Runtime fuses well (Conv + BN + ReLU or LeakyReLU), so the exported model
 is fast on a CPU.
 """
 
@@ -14,15 +14,20 @@ from torch import nn
 from .config import ModelConfig
 
 
-def conv_block(cin: int, cout: int, dropout: float) -> nn.Sequential:
-    """Two 3x3 conv -> BN -> ReLU, with dropout between them when dropout > 0."""
+def nonlinearity(name: str) -> nn.Module:
+    """ReLU, or nnU-Net's LeakyReLU with slope 0.01, which keeps a gradient below zero."""
+    return nn.LeakyReLU(0.01, inplace=True) if name == "leaky_relu" else nn.ReLU(inplace=True)
+
+
+def conv_block(cin: int, cout: int, dropout: float, act: str = "relu") -> nn.Sequential:
+    """Two 3x3 conv -> BN -> `nonlinearity(act)`, with dropout between them when dropout > 0."""
     layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nonlinearity(act),
     ]
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
     layers += [nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-               nn.ReLU(inplace=True)]
+               nonlinearity(act)]
     return nn.Sequential(*layers)
 
 
@@ -35,11 +40,11 @@ class ResidualBlock(nn.Module):
     shortcut is always a projection: 1x1 conv + BN.
     """
 
-    def __init__(self, cin: int, cout: int, dropout: float):
+    def __init__(self, cin: int, cout: int, dropout: float, act: str = "relu"):
         super().__init__()
-        self.body = conv_block(cin, cout, dropout)[:-1]  # its last ReLU comes after the sum
+        self.body = conv_block(cin, cout, dropout, act)[:-1]  # its last nonlinearity comes after the sum
         self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nonlinearity(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.body(x) + self.shortcut(x))
@@ -61,15 +66,15 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList()
         cin = in_channels
         for w in widths[:-1]:
-            self.encoder.append(block(cin, w, 0.0))  # no dropout where features are raw
+            self.encoder.append(block(cin, w, 0.0, cfg.activation))  # no dropout: features are raw
             cin = w
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = block(widths[-2], widths[-1], cfg.dropout)
+        self.bottleneck = block(widths[-2], widths[-1], cfg.dropout, cfg.activation)
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for w_low, w in zip(widths[:0:-1], widths[-2::-1], strict=True):
             self.up.append(nn.ConvTranspose2d(w_low, w, 2, stride=2))
-            self.decoder.append(block(2 * w, w, cfg.dropout))
+            self.decoder.append(block(2 * w, w, cfg.dropout, cfg.activation))
         self.head = nn.Conv2d(widths[0], 1, 1)
         # Heads on the decoder outputs at half and quarter resolution (the lowest decoder
         # level is left out, as in nnU-Net: at 1/8 of a 128-pixel crop a tumour is a few pixels).
