@@ -19,7 +19,7 @@ def nonlinearity(name: str) -> nn.Module:
     return nn.LeakyReLU(0.01, inplace=True) if name == "leaky_relu" else nn.ReLU(inplace=True)
 
 
-def conv_block(cin: int, cout: int, dropout: float, act: str = "relu") -> nn.Sequential:
+def conv_block(cin: int, cout: int, dropout: float, act: str) -> nn.Sequential:
     """Two 3x3 conv -> BN -> `nonlinearity(act)`, with dropout between them when dropout > 0."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nonlinearity(act),
@@ -40,14 +40,14 @@ class ResidualBlock(nn.Module):
     shortcut is always a projection: 1x1 conv + BN.
     """
 
-    def __init__(self, cin: int, cout: int, dropout: float, act: str = "relu"):
+    def __init__(self, cin: int, cout: int, dropout: float, act: str):
         super().__init__()
         self.body = conv_block(cin, cout, dropout, act)[:-1]  # its last nonlinearity comes after the sum
         self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
-        self.relu = nonlinearity(act)
+        self.act = nonlinearity(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.body(x) + self.shortcut(x))
+        return self.act(self.body(x) + self.shortcut(x))
 
 
 class UNet(nn.Module):
