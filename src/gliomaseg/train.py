@@ -481,7 +481,9 @@ def train(data: Path, run_dir: Path, cfg: Config, train_cases: list[str], val_ca
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             progress = progress.record(epoch, val["val_dice"],
                                        cpu if cfg.train.budget_clock == "cpu" else wall)
-            rows.append({"epoch": epoch, **{k: round(v, 5) for k, v in {**fit, **val}.items()},
+            # lr to 3 significant digits: 5 decimals would blur the end of the decay (3.6e-5)
+            rows.append({"epoch": epoch,
+                         **{k: round(v, 5) for k, v in {**fit, **val}.items() if k != "lr"},
                          "lr": f"{fit['lr']:.3g}", "seconds": round(wall, 1),
                          "cpu_seconds": round(cpu, 1), "dead_channels": dead})
             save_epoch(run_dir, rows, model, optimizer, cfg, progress, val_cases, ema)
