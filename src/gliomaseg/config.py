@@ -104,7 +104,7 @@ class TrainConfig:
     # zero (filter-level sparsity, Mehta et al. 2019). False decays only the convolution
     # weights, as nanoGPT and timm do: on two folds it left about 210 of 857 channels dead
     # instead of 320-367 and scored level (-0.002), 0.023 lower before post-processing; with
-    # the decay also cut to 1e-4, about 95 dead and -0.005 (MODEL.md).
+    # the decay also cut to 1e-4, 92 and 99 dead and -0.005 (MODEL.md).
     decay_norms: bool = True
     momentum: float = 0.99  # "sgd" only
     # Largest gradient norm; 0 clips nothing (metrics.csv logs the norm). 1.0 with Adam lost
