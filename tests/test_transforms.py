@@ -57,3 +57,30 @@ def test_augmentations_move_image_and_label_together():
     for seed in range(8):
         out = augment_sample(dict(sample), None, augmentations(strong), False, seed)
         np.testing.assert_array_equal(out["image"][0] > 0.5, out["label"][0] > 0.5)
+
+
+def test_gamma_changes_contrast_but_keeps_order_mean_and_std():
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    sample = {"image": image, "label": (image[:1] > 1).astype(np.float32)}
+    cfg = AugmentConfig(flip=0, rotate90=0, rotate=0, scale=0, intensity=0, gamma=1.0,
+                        gamma_range=(0.5, 0.6))
+    out = augment_sample(dict(sample), None, augmentations(cfg), False, seed=0)["image"]
+    assert not np.allclose(out, image, atol=1e-3)
+    by_input = out.ravel()[np.argsort(image, axis=None)]
+    assert np.all(np.diff(by_input) >= -1e-6)  # a monotone map: brighter stays brighter
+    assert abs(out.mean() - image.mean()) < 1e-4 and abs(out.std() - image.std()) < 1e-4
+
+
+def test_gamma_leaves_the_spatial_draws_alone():
+    """Gamma on or off, the same seed flips and turns the sample the same way."""
+    image = np.zeros((3, 32, 32), dtype=np.float32)
+    image[:, 4:12, 6:20] = 1.0
+    sample = {"image": image, "label": image[:1].copy()}
+    off = AugmentConfig(flip=0.5, rotate90=0.75, rotate=0.0, scale=0.0, intensity=0.0)
+    on = AugmentConfig(flip=0.5, rotate90=0.75, rotate=0.0, scale=0.0, intensity=0.0, gamma=1.0)
+    labels = [[augment_sample(dict(sample), None, augmentations(c), False, seed)["label"]
+               for c in (off, on)] for seed in range(8)]
+    for a, b in labels:
+        np.testing.assert_array_equal(a, b)
+    assert len({a.tobytes() for a, _ in labels}) > 1  # the seeds did move the sample

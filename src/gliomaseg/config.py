@@ -80,6 +80,11 @@ class AugmentConfig:
     scale_range: float = 0.0430  # zoom in [1 - r, 1 + r]
     intensity: float = 0.086  # probability of intensity scale and shift (each)
     intensity_range: float = 0.0287
+    # Probability of a gamma (contrast) change, as nnU-Net augments: intensities mapped to
+    # [0, 1], raised to a gamma drawn from `gamma_range`, mapped back, then given the crop's
+    # former mean and standard deviation again (MONAI's RandAdjustContrastd, retain_stats).
+    gamma: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
     # Probability of replacing pre- and/or post-contrast by FLAIR, as the Kaggle data does
     # for patients missing a sequence (8 of the 81 here): without it such patients can fail.
     missing_sequence: float = 0.0

@@ -11,6 +11,7 @@ import math
 import numpy as np
 from monai.transforms import (
     Compose,
+    RandAdjustContrastd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -27,7 +28,11 @@ KEYS = ("image", "label")
 
 
 def augmentations(cfg: AugmentConfig) -> Compose:
-    """Flips, 90-degree turns, small rotations, zoom and intensity changes (each with a probability)."""
+    """Flips, 90-degree turns, small rotations, zoom, intensity and gamma changes (each with a probability).
+
+    Gamma comes last so that, when it is off, the other transforms draw the same random
+    numbers as before it existed (Compose seeds its transforms in order).
+    """
     r, s = cfg.intensity_range, cfg.scale_range
     return Compose([
         RandFlipd(KEYS, prob=cfg.flip, spatial_axis=1),
@@ -38,6 +43,7 @@ def augmentations(cfg: AugmentConfig) -> Compose:
                   mode=("bilinear", "nearest"), padding_mode="constant"),
         RandScaleIntensityd("image", factors=r, prob=cfg.intensity),
         RandShiftIntensityd("image", offsets=r, prob=cfg.intensity),
+        RandAdjustContrastd("image", prob=cfg.gamma, gamma=cfg.gamma_range, retain_stats=True),
     ])
 
 
