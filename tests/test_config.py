@@ -40,7 +40,9 @@ def test_overrides_and_file(tmp_path):
                                       "model.block=dense", "model.activation=gelu",
                                       "train.ema_decay=1", "train.ema_decay=-0.5",
                                       "train.focal_gamma=-1", "train.optimizer=rmsprop",
-                                      "train.momentum=1", "train.grad_clip=-1"])
+                                      "train.momentum=1", "train.grad_clip=-1",
+                                      "augment.gamma_range=[0,1.5]",
+                                      "augment.gamma_range=[1.5,0.7]"])
 def test_bad_overrides(override):
     with pytest.raises(ConfigError):
         load_config(None, [override])

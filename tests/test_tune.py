@@ -53,12 +53,16 @@ def test_augment_strength_scales_every_augmentation_within_caps():
 
     assert aug(1.0).augment == BASE.augment  # strength 1 is the base augmentation
     off = dataclasses.asdict(aug(0.0).augment)
+    assert off.pop("gamma_range") == BASE.augment.gamma_range  # its identity is 1, not 0
     assert set(off) == set(AUGMENT_CAPS) and all(v == 0 for v in off.values())
     strong, base = aug(2.0).augment, BASE.augment
     assert strong.rotate == 2 * base.rotate and strong.scale_range == 2 * base.scale_range
     frequent = BASE.replace(augment={"flip": 0.4})
     strong = suggest(optuna.trial.FixedTrial({**PARAMS, "augment_strength": 2.0}), frequent)
     assert strong.augment.flip == 0.5  # a flip more often than half the time adds no variety
+    contrast = BASE.replace(augment={"gamma": 0.3})
+    strong = suggest(optuna.trial.FixedTrial({**PARAMS, "augment_strength": 2.0}), contrast)
+    assert strong.augment.gamma == pytest.approx(0.6)
 
 
 def test_sampled_configs_are_valid_and_in_range():

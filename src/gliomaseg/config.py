@@ -262,6 +262,8 @@ def validate(cfg: Config) -> Config:
         (cfg.train.focal_gamma >= 0.0, "train.focal_gamma must be >= 0"),
         (0.0 <= cfg.train.momentum < 1.0, "train.momentum must be in [0, 1)"),
         (cfg.train.grad_clip >= 0.0, "train.grad_clip must be >= 0"),
+        (0.0 < cfg.augment.gamma_range[0] <= cfg.augment.gamma_range[1],
+         "augment.gamma_range must be [low, high] with 0 < low <= high"),
     ]
     for ok, message in checks:
         if not ok:

@@ -41,14 +41,16 @@ SQL_DIALECTS = ("sqlite", "postgresql", "mysql")
 # Caps keep a strong augmentation meaningful: a flip with p > 0.5 adds no variety (p = 1 is
 # just a mirrored data set), rotate90 is uniform over the 4 turns at p = 0.75, and zoom
 # needs 1 - scale_range > 0. A base value above its cap is kept (strength 1 is identity).
+# gamma_range is not scaled: its identity is a gamma of 1, not a range of 0; its
+# probability, gamma, is.
 AUGMENT_CAPS = {"flip": 0.5, "rotate90": 0.75, "rotate": 1.0, "rotate_degrees": 180.0,
                 "scale": 1.0, "scale_range": 0.5, "intensity": 1.0, "intensity_range": 1.0,
-                "missing_sequence": 0.5}
+                "gamma": 1.0, "missing_sequence": 0.5}
 
 SEARCHED_KEYS = frozenset(
     {"train.lr", "train.weight_decay", "train.dice_weight", "train.bce_weight",
      "model.base_filters", "model.dropout"}
-    | {f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)})
+    | {f"augment.{k}" for k in AUGMENT_CAPS})
 
 # Settings that change speed, not results, and may differ between machines sharing a study.
 MACHINE_KEYS = frozenset({"train.num_threads", "train.workers"})
@@ -61,7 +63,8 @@ class TuneError(ValueError):
 # --- search space ------------------------------------------------------------------------------
 
 def scale_augment(aug: AugmentConfig, strength: float) -> dict[str, float]:
-    """Every augmentation probability and range times `strength` (0 = none, 1 = as given)."""
+    """Every augmentation probability and range in AUGMENT_CAPS times `strength` (0 = none,
+    1 = as given)."""
     values = dataclasses.asdict(aug)
     return {k: min(max(cap, values[k]), values[k] * strength) for k, cap in AUGMENT_CAPS.items()}
 
