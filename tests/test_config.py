@@ -42,7 +42,9 @@ def test_overrides_and_file(tmp_path):
                                       "train.focal_gamma=-1", "train.optimizer=rmsprop",
                                       "train.momentum=1", "train.grad_clip=-1",
                                       "augment.gamma_range=[0,1.5]",
-                                      "augment.gamma_range=[1.5,0.7]"])
+                                      "augment.gamma_range=[1.5,0.7]", "augment.flip=3",
+                                      "augment.gamma=-0.1", "augment.scale_range=1",
+                                      "augment.rotate_degrees=-5"])
 def test_bad_overrides(override):
     with pytest.raises(ConfigError):
         load_config(None, [override])

@@ -91,6 +91,11 @@ class AugmentConfig:
     missing_sequence: float = 0.0
 
 
+# MONAI would silently clip these to [0, 1]; a typo such as 3 for 0.3 is an error instead.
+AUGMENT_PROBABILITIES = ("flip", "rotate90", "rotate", "scale", "intensity", "gamma",
+                         "missing_sequence")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -265,7 +270,11 @@ def validate(cfg: Config) -> Config:
         (cfg.train.grad_clip >= 0.0, "train.grad_clip must be >= 0"),
         (0.0 < cfg.augment.gamma_range[0] <= cfg.augment.gamma_range[1],
          "augment.gamma_range must be [low, high] with 0 < low <= high"),
-    ]
+        (0.0 <= cfg.augment.scale_range < 1.0, "augment.scale_range must be in [0, 1)"),
+        (min(cfg.augment.rotate_degrees, cfg.augment.intensity_range) >= 0.0,
+         "augment.rotate_degrees and augment.intensity_range must be >= 0"),
+    ] + [(0.0 <= getattr(cfg.augment, k) <= 1.0, f"augment.{k} is a probability, in [0, 1]")
+         for k in AUGMENT_PROBABILITIES]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
