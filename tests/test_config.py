@@ -44,7 +44,10 @@ def test_overrides_and_file(tmp_path):
                                       "augment.gamma_range=[0,1.5]",
                                       "augment.gamma_range=[1.5,0.7]", "augment.flip=3",
                                       "augment.gamma=-0.1", "augment.scale_range=1",
-                                      "augment.rotate_degrees=-5"])
+                                      "augment.rotate_degrees=-5", "augment.noise_std=-0.1",
+                                      "augment.blur_sigma=[1,0.5]",
+                                      "augment.low_resolution_zoom=[0.5,1.5]",
+                                      "augment.low_resolution=2"])
 def test_bad_overrides(override):
     with pytest.raises(ConfigError):
         load_config(None, [override])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -72,13 +74,38 @@ def test_gamma_changes_contrast_but_keeps_order_mean_and_std():
     assert abs(out.mean() - image.mean()) < 1e-4 and abs(out.std() - image.std()) < 1e-4
 
 
-def test_gamma_leaves_the_spatial_draws_alone():
-    """Gamma on or off, the same seed flips and turns the sample the same way."""
+NO_SPATIAL = dict(flip=0, rotate90=0, rotate=0, scale=0, intensity=0)
+
+
+def total_variation(image: np.ndarray) -> float:
+    return float(np.abs(np.diff(image, axis=-1)).sum() + np.abs(np.diff(image, axis=-2)).sum())
+
+
+@pytest.mark.parametrize("kind", ["noise", "blur", "low_resolution"])
+def test_nnunet_intensity_augmentations_change_the_image_not_the_label(kind):
+    """Noise roughens the image; blur and low resolution smooth it; the label never moves."""
+    rng = np.random.default_rng(4)
+    image = np.zeros((3, 32, 32), dtype=np.float32)
+    image[:, 8:24, 8:24] = rng.normal(2.0, 1.0, size=(3, 16, 16))
+    sample = {"image": image, "label": (image[:1] > 2).astype(np.float32)}
+    cfg = AugmentConfig(**NO_SPATIAL, **{kind: 1.0})
+    out = augment_sample(dict(sample), None, augmentations(cfg), False, seed=1)
+    np.testing.assert_array_equal(out["label"], sample["label"])
+    assert out["image"].shape == image.shape and not np.allclose(out["image"], image, atol=1e-3)
+    rougher = total_variation(out["image"]) > total_variation(image)
+    assert rougher == (kind == "noise")
+    if kind == "noise":  # zero-mean, and its std never above noise_std
+        assert (out["image"] - image).std() <= cfg.noise_std
+
+
+@pytest.mark.parametrize("kind", ["gamma", "noise", "blur", "low_resolution"])
+def test_intensity_augmentations_leave_the_spatial_draws_alone(kind):
+    """Each off or on, the same seed flips and turns the sample the same way."""
     image = np.zeros((3, 32, 32), dtype=np.float32)
     image[:, 4:12, 6:20] = 1.0
     sample = {"image": image, "label": image[:1].copy()}
     off = AugmentConfig(flip=0.5, rotate90=0.75, rotate=0.0, scale=0.0, intensity=0.0)
-    on = AugmentConfig(flip=0.5, rotate90=0.75, rotate=0.0, scale=0.0, intensity=0.0, gamma=1.0)
+    on = dataclasses.replace(off, **{kind: 1.0})
     labels = [[augment_sample(dict(sample), None, augmentations(c), False, seed)["label"]
                for c in (off, on)] for seed in range(8)]
     for a, b in labels:

@@ -86,14 +86,25 @@ class AugmentConfig:
     # nnU-Net's p 0.3 lost 0.004 on two folds, 0.018 before post-processing (MODEL.md).
     gamma: float = 0.0
     gamma_range: tuple[float, float] = (0.7, 1.5)
+    # nnU-Net's other intensity augmentations, each a probability (nnU-Net's: 0.1, 0.2, 0.25):
+    # Gaussian noise with a std drawn from [0, noise_std] (the image is z-scored, so 0.316 is
+    # nnU-Net's variance of up to 0.1); Gaussian blur with a sigma (pixels) drawn from
+    # blur_sigma; and simulated low resolution, nearest-neighbour down to a zoom drawn from
+    # low_resolution_zoom and bilinear back up.
+    noise: float = 0.0
+    noise_std: float = 0.316
+    blur: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    low_resolution: float = 0.0
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
     # Probability of replacing pre- and/or post-contrast by FLAIR, as the Kaggle data does
     # for patients missing a sequence (8 of the 81 here): without it such patients can fail.
     missing_sequence: float = 0.0
 
 
 # MONAI would silently clip these to [0, 1]; a typo such as 3 for 0.3 is an error instead.
-AUGMENT_PROBABILITIES = ("flip", "rotate90", "rotate", "scale", "intensity", "gamma",
-                         "missing_sequence")
+AUGMENT_PROBABILITIES = ("flip", "rotate90", "rotate", "scale", "intensity", "gamma", "noise",
+                         "blur", "low_resolution", "missing_sequence")
 
 
 @dataclass(frozen=True)
@@ -270,9 +281,13 @@ def validate(cfg: Config) -> Config:
         (cfg.train.grad_clip >= 0.0, "train.grad_clip must be >= 0"),
         (0.0 < cfg.augment.gamma_range[0] <= cfg.augment.gamma_range[1],
          "augment.gamma_range must be [low, high] with 0 < low <= high"),
+        (0.0 <= cfg.augment.blur_sigma[0] <= cfg.augment.blur_sigma[1],
+         "augment.blur_sigma must be [low, high] with 0 <= low <= high"),
+        (0.0 < cfg.augment.low_resolution_zoom[0] <= cfg.augment.low_resolution_zoom[1] <= 1.0,
+         "augment.low_resolution_zoom must be [low, high] with 0 < low <= high <= 1"),
         (0.0 <= cfg.augment.scale_range < 1.0, "augment.scale_range must be in [0, 1)"),
-        (min(cfg.augment.rotate_degrees, cfg.augment.intensity_range) >= 0.0,
-         "augment.rotate_degrees and augment.intensity_range must be >= 0"),
+        (min(cfg.augment.rotate_degrees, cfg.augment.intensity_range, cfg.augment.noise_std) >= 0,
+         "augment.rotate_degrees, intensity_range and noise_std must be >= 0"),
     ] + [(0.0 <= getattr(cfg.augment, k) <= 1.0, f"augment.{k} is a probability, in [0, 1]")
          for k in AUGMENT_PROBABILITIES]
     for ok, message in checks:

@@ -14,10 +14,13 @@ from monai.transforms import (
     RandAdjustContrastd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
     RandSpatialCropd,
     RandZoomd,
 )
@@ -28,12 +31,14 @@ KEYS = ("image", "label")
 
 
 def augmentations(cfg: AugmentConfig) -> Compose:
-    """Flips, 90-degree turns, small rotations, zoom, intensity and gamma changes (each with a probability).
+    """Flips, 90-degree turns, small rotations, zoom, intensity, gamma, noise, blur and
+    low resolution (each with a probability; the last four are nnU-Net's, off by default).
 
-    Gamma comes last so that, when it is off, the other transforms draw the same random
-    numbers as before it existed (Compose seeds its transforms in order).
+    Later additions come last so that, when they are off, the other transforms draw the same
+    random numbers as before they existed (Compose seeds its transforms in order). Blur and
+    low resolution act on every channel at once, where nnU-Net picks each with p 0.5.
     """
-    r, s = cfg.intensity_range, cfg.scale_range
+    r, s, sigma = cfg.intensity_range, cfg.scale_range, cfg.blur_sigma
     return Compose([
         RandFlipd(KEYS, prob=cfg.flip, spatial_axis=1),
         RandRotate90d(KEYS, prob=cfg.rotate90, max_k=3),
@@ -44,6 +49,10 @@ def augmentations(cfg: AugmentConfig) -> Compose:
         RandScaleIntensityd("image", factors=r, prob=cfg.intensity),
         RandShiftIntensityd("image", offsets=r, prob=cfg.intensity),
         RandAdjustContrastd("image", prob=cfg.gamma, gamma=cfg.gamma_range, retain_stats=True),
+        RandGaussianNoised("image", prob=cfg.noise, std=cfg.noise_std, sample_std=True),
+        RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, prob=cfg.blur),
+        RandSimulateLowResolutiond("image", prob=cfg.low_resolution, upsample_mode="bilinear",
+                                   zoom_range=cfg.low_resolution_zoom),
     ])
 
 

@@ -41,11 +41,12 @@ SQL_DIALECTS = ("sqlite", "postgresql", "mysql")
 # Caps keep a strong augmentation meaningful: a flip with p > 0.5 adds no variety (p = 1 is
 # just a mirrored data set), rotate90 is uniform over the 4 turns at p = 0.75, and zoom
 # needs 1 - scale_range > 0. A base value above its cap is kept (strength 1 is identity).
-# gamma_range is not scaled: its identity is a gamma of 1, not a range of 0; its
-# probability, gamma, is.
+# gamma_range, blur_sigma and low_resolution_zoom are not scaled: their identities are a
+# gamma of 1, a sigma of 0 and a zoom of 1, not a range of 0; their probabilities are.
 AUGMENT_CAPS = {"flip": 0.5, "rotate90": 0.75, "rotate": 1.0, "rotate_degrees": 180.0,
                 "scale": 1.0, "scale_range": 0.5, "intensity": 1.0, "intensity_range": 1.0,
-                "gamma": 1.0, "missing_sequence": 0.5}
+                "gamma": 1.0, "noise": 1.0, "noise_std": 1.0, "blur": 1.0, "low_resolution": 1.0,
+                "missing_sequence": 0.5}
 
 SEARCHED_KEYS = frozenset(
     {"train.lr", "train.weight_decay", "train.dice_weight", "train.bce_weight",
