@@ -90,7 +90,8 @@ class AugmentConfig:
     # Gaussian noise with a std drawn from [0, noise_std] (the image is z-scored, so 0.316 is
     # nnU-Net's variance of up to 0.1); Gaussian blur with a sigma (pixels) drawn from
     # blur_sigma; and simulated low resolution, nearest-neighbour down to a zoom drawn from
-    # low_resolution_zoom and bilinear back up.
+    # low_resolution_zoom and bilinear back up. nnU-Net's three probabilities together lost
+    # 0.010 on two folds, 0.017 before post-processing (MODEL.md).
     noise: float = 0.0
     noise_std: float = 0.316
     blur: float = 0.0
