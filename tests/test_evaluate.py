@@ -580,20 +580,31 @@ def test_paired_difference_counts_wins_and_skips_empty_cases():
     assert r["difference"]["mean"] == pytest.approx((0.2 - 0.1 + 0.3) / 3)
     assert (r["b_better"], r["a_better"]) == (2, 1)
     assert r["difference"]["ci95"][0] <= r["difference"]["mean"] <= r["difference"]["ci95"][1]
+    assert r["cases"] == ["p1", "p2", "p4"]
+    assert (r["largest_loss"], r["largest_gain"]) == ("p2", "p4")
+    assert paired_difference(a, a)["largest_gain"] is None  # no change: neither
 
 
 def test_cli_compare_reads_two_evaluations(tmp_path, capsys):
-    def write(folder, dice, plain):
+    def write(folder, dice, plain, precision):
         folder.mkdir()
-        rows = [{"case": f"p{i}", "dice": d, "variants": {"plain": q}}
-                for i, (d, q) in enumerate(zip(dice, plain, strict=True))]
+        rows = [{"case": f"p{i}", "dice": d, "variants": {"plain": q}, "precision": p,
+                 "recall": 0.9}
+                for i, (d, q, p) in enumerate(zip(dice, plain, precision, strict=True))]
         (folder / "summary.json").write_text(json.dumps({"per_case": rows}))
 
-    write(tmp_path / "a", [0.5, 0.6, None], [0.4, 0.5, None])
-    write(tmp_path / "b", [0.7, 0.9, 0.8], [0.7, 0.5, 0.8])
+    write(tmp_path / "a", [0.5, 0.6, None], [0.4, 0.5, None], [0.6, None, None])
+    write(tmp_path / "b", [0.7, 0.9, 0.8], [0.7, 0.5, 0.8], [0.8, 0.6, 0.1])
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "2 patients in both" in out and "mean +0.2500" in out and "B better on 2" in out
+    assert "largest gain: p1 0.600 -> 0.900" in out and "largest loss" not in out
+    # over the two paired patients only (not p2), each side's missing precision left out
+    assert "mean precision: A 0.600, B 0.700" in out and "mean recall: A 0.900, B 0.900" in out
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--variant", "plain"]) == 0
+    out = capsys.readouterr().out
+    assert "largest loss" not in out and "precision" not in out  # p1 is a tie, not a loss
+    assert "largest gain: p0 0.400 -> 0.700" in out
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--variant",
                  "plain", "dice_unused"]) == 2
     assert "no variant 'dice_unused'" in capsys.readouterr().err

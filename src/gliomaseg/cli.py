@@ -466,7 +466,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"B - A: mean {d['mean']:+.4f} (95% CI {d['ci95'][0]:+.4f} to {d['ci95'][1]:+.4f}), "
           f"median {d['median']:+.4f}; B better on {result['b_better']} patients, "
           f"A on {result['a_better']}")
+    for side in ("loss", "gain"):
+        case = result[f"largest_{side}"]
+        if case is not None:
+            print(f"largest {side}: {case} {a[case]:.3f} -> {b[case]:.3f}")
+    if args.variant is None:  # the variants table holds PV-DSC only
+        print(_compare_means("precision", args, result["cases"]))
+        print(_compare_means("recall", args, result["cases"]))
     return 0
+
+
+def _compare_means(metric: str, args: argparse.Namespace, cases: list[str]) -> str:
+    """'mean <metric>: A x, B y' over the paired patients, each side's NaNs (no
+    prediction: precision undefined) left out."""
+    import math
+
+    from .report import read_case_scores
+
+    means = []
+    for path in (args.a, args.b):
+        scores = read_case_scores(path, metric=metric)
+        values = [scores[c] for c in cases if not math.isnan(scores[c])]
+        means.append(_num(sum(values) / len(values) if values else None))
+    return f"mean {metric}: A {means[0]}, B {means[1]}"
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -436,16 +436,19 @@ def paired_difference(a: dict[str, float], b: dict[str, float], seed: int = 0) -
 
     Both models met the same patients, so the CI of the mean *difference* is what says
     whether B is better; two overlapping CIs of means cannot. Patients where either
-    score is NaN (truth and prediction empty) are left out. Returns the patient count,
-    both means, summarize() of the differences and how often each side won.
+    score is NaN (truth and prediction empty) are left out. Returns the patient count and
+    names, both means, summarize() of the differences, how often each side won, and the patients
+    with the largest loss and gain (most negative and most positive B - A; None if none).
     """
     common = [c for c in sorted(set(a) & set(b)) if not (math.isnan(a[c]) or math.isnan(b[c]))]
     diffs = np.array([b[c] - a[c] for c in common])
-    return {"patients": len(common),
+    return {"patients": len(common), "cases": common,
             "a_mean": float(np.mean([a[c] for c in common])) if common else math.nan,
             "b_mean": float(np.mean([b[c] for c in common])) if common else math.nan,
             "difference": metrics.summarize(diffs.tolist(), np.random.default_rng(seed)),
-            "b_better": int((diffs > 0).sum()), "a_better": int((diffs < 0).sum())}
+            "b_better": int((diffs > 0).sum()), "a_better": int((diffs < 0).sum()),
+            "largest_loss": common[int(diffs.argmin())] if (diffs < 0).any() else None,
+            "largest_gain": common[int(diffs.argmax())] if (diffs > 0).any() else None}
 
 
 def gallery_cases(results: list[CaseResult]) -> list[tuple[str, CaseResult]]:

@@ -153,17 +153,21 @@ def write_report(out_dir: Path, ev: Evaluation, model: LoadedModel | None = None
     return summary
 
 
-def read_case_scores(path: Path, variant: str | None = None) -> dict[str, float]:
+def read_case_scores(path: Path, variant: str | None = None,
+                     metric: str = "dice") -> dict[str, float]:
     """{patient: PV-DSC} of an evaluation folder (or its summary.json); null -> NaN.
 
     `variant` (a name of the variants table, e.g. "plain" or "+TTA") picks that
-    post-processing instead of the one the evaluation used.
+    post-processing instead of the one the evaluation used; the table holds PV-DSC only.
+    `metric` picks another per-patient column of the evaluation's own post-processing,
+    e.g. "precision" or "recall".
     """
     path = Path(path)
     path = path / "summary.json" if path.is_dir() else path
     try:
         rows = json.loads(path.read_text())["per_case"]
-        scores = {r["case"]: r["dice"] if variant is None else r["variants"][variant] for r in rows}
+        scores = {r["case"]: r[metric] if variant is None else r["variants"][variant]
+                  for r in rows}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         what = f"no variant {variant!r}" if isinstance(exc, KeyError) and variant else "unreadable"
         raise DataError(f"{path}: not a gliomaseg evaluation summary ({what})") from None
