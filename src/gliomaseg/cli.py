@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -479,8 +480,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _compare_means(metric: str, args: argparse.Namespace, cases: list[str]) -> str:
     """'mean <metric>: A x, B y' over the paired patients, each side's NaNs (no
     prediction: precision undefined) left out."""
-    import math
-
     from .report import read_case_scores
 
     means = []
