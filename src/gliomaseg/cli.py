@@ -443,13 +443,13 @@ def _print_evaluation(s: dict, out: Path) -> None:
 
 
 def _num(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 # --- compare -----------------------------------------------------------------------------------
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate import paired_difference
+    from .evaluate import mean_defined, paired_difference
     from .report import read_case_scores
 
     names = args.variant or [None]
@@ -472,22 +472,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if case is not None:
             print(f"largest {side}: {case} {a[case]:.3f} -> {b[case]:.3f}")
     if args.variant is None:  # the variants table holds PV-DSC only
-        print(_compare_means("precision", args, result["cases"]))
-        print(_compare_means("recall", args, result["cases"]))
+        for metric in ("precision", "recall"):  # over the paired patients, each side's NaNs out
+            m_a, m_b = (mean_defined([read_case_scores(path, metric=metric)[c]
+                                      for c in result["cases"]]) for path in (args.a, args.b))
+            print(f"mean {metric}: A {_num(m_a)}, B {_num(m_b)}")
     return 0
-
-
-def _compare_means(metric: str, args: argparse.Namespace, cases: list[str]) -> str:
-    """'mean <metric>: A x, B y' over the paired patients, each side's NaNs (no
-    prediction: precision undefined) left out."""
-    from .report import read_case_scores
-
-    means = []
-    for path in (args.a, args.b):
-        scores = read_case_scores(path, metric=metric)
-        values = [scores[c] for c in cases if not math.isnan(scores[c])]
-        means.append(_num(sum(values) / len(values) if values else None))
-    return f"mean {metric}: A {means[0]}, B {means[1]}"
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -162,19 +162,19 @@ def nested_choice(results: list[CaseResult], folds: list[dict], candidates: list
     rows, scores = [], {}
     for i, fold in enumerate(folds):
         others = [c for j, f in enumerate(folds) if j != i for c in f["cases"]]
-        inner = [_mean([dice[c][v.name] for c in others]) for v in candidates]
+        inner = [mean_defined([dice[c][v.name] for c in others]) for v in candidates]
         best = max(range(len(candidates)),
                    key=lambda k: -math.inf if math.isnan(inner[k]) else inner[k])
         chosen = candidates[best]
         scores.update({c: dice[c][chosen.name] for c in fold["cases"]})
         rows.append({"fold": i, "choice": chosen.name, "post": asdict(chosen.post),
                      "inner_mean": inner[best], "patients": len(fold["cases"]),
-                     "dice_mean": _mean([dice[c][chosen.name] for c in fold["cases"]])})
+                     "dice_mean": mean_defined([dice[c][chosen.name] for c in fold["cases"]])})
     return {"candidates": len(candidates), "folds": rows, "cases": scores,
             "dice": metrics.summarize(list(scores.values()), np.random.default_rng(seed))}
 
 
-def _mean(values: list[float]) -> float:
+def mean_defined(values: list[float]) -> float:
     """Mean ignoring NaN (cases where truth and prediction are both empty); NaN if none."""
     defined = [v for v in values if not math.isnan(v)]
     return float(np.mean(defined)) if defined else math.nan
