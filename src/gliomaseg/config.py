@@ -19,9 +19,9 @@ CHANNEL_NAMES = ("pre-contrast", "FLAIR", "post-contrast")
 
 @dataclass(frozen=True)
 class DataConfig:
-    # "flair": FLAIR only (grayscale input), "rgb": all three sequences. FLAIR won at 30 and
-    # 60 CPU minutes (README) and with the bundled recipe on two folds (MODEL.md), and does
-    # not depend on sequences some patients lack.
+    # "flair": FLAIR only (grayscale input), "rgb": all three sequences. FLAIR tied at 30
+    # CPU minutes, won at 60 (README) and with the bundled recipe on two folds (MODEL.md),
+    # and does not depend on sequences some patients lack.
     channels: Literal["rgb", "flair"] = "flair"
     # Model grid in pixels; slices are resized to size x size. 192 lost 0.015 on two folds
     # (MODEL.md).
