@@ -156,21 +156,22 @@ $(RUN)-seed1-fold%/best.pt: | $(RUN)-splits.json
 # `make -j2 variant NAME=ctx1 SET="--set data.context=1" DATA=...`: one change to the bundled
 # recipe, measured. Each fold is trained from scratch with configs/bundled.json plus SET into
 # $(RUN)-<NAME><fold> (FOLDS="0 1" for some folds only), the runs are cross-validated with the
-# nested choice, and `compare` pairs them per patient with the bundled model's own networks on
-# the same patients (`--cv-members`: the baseline needs no retraining), with post-processing,
-# plain, and nested. NAME must be new (not fold, seed, restart, pair).
+# nested choice (for two or more folds), and `compare` pairs them per patient with the bundled
+# model's own networks on the same patients (`--cv-members`: the baseline needs no retraining),
+# with post-processing, plain, and nested. NAME must be new (not fold, seed, restart, pair).
 NAME ?= variant
 SET ?=
 
 variant: $(RUN)-$(NAME)-cv/summary.json $(RUN)-members-cv/summary.json
 	$(call COMPARE,$(RUN)-members-cv,$(RUN)-$(NAME)-cv)
-	$(BIN)/gliomaseg compare $(RUN)-members-cv $(RUN)-$(NAME)-cv --variant "nested choice"
+	$(if $(word 2,$(FOLDS)),$(BIN)/gliomaseg compare $(RUN)-members-cv $(RUN)-$(NAME)-cv --variant "nested choice")
 
 $(RUN)-members-cv/summary.json: src/gliomaseg/weights/model.pt | $(STAMP)
 	$(BIN)/gliomaseg evaluate $(DATA) --cv-members $(CVPOST) -o $(RUN)-members-cv --overwrite
 
 $(RUN)-$(NAME)-cv/summary.json: $(foreach f,$(FOLDS),$(RUN)-$(NAME)$(f)/best.pt)
-	$(BIN)/gliomaseg evaluate $(DATA) --cv $(dir $^) $(CVPOST) -o $(RUN)-$(NAME)-cv --overwrite
+	$(BIN)/gliomaseg evaluate $(DATA) --cv $(dir $^) $(if $(word 2,$^),$(CVPOST),$(POST)) \
+		-o $(RUN)-$(NAME)-cv --overwrite
 
 .PRECIOUS: $(RUN)-$(NAME)%/best.pt
 
